@@ -1,0 +1,30 @@
+"""dormant: build PyTorch models of any size without allocating them, materialize them later.
+
+Example::
+
+    >>> import torch
+    >>> from dormant import LazyInitContext, materialize
+    >>> with LazyInitContext():
+    ...     model = torch.nn.Linear(1024, 1024)   # no storage allocated
+    >>> model = materialize(model)              # values equal eager construction, bit for bit
+"""
+
+from ._context import LazyInitContext
+from ._lazy_tensor import LazyTensor
+from ._materialize import is_lazy, materialize
+from ._report import MaterializeReport
+from .errors import DormantError, LazyTensorError, MaterializationError, UnsupportedOpError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DormantError",
+    "LazyInitContext",
+    "LazyTensor",
+    "LazyTensorError",
+    "MaterializationError",
+    "MaterializeReport",
+    "UnsupportedOpError",
+    "is_lazy",
+    "materialize",
+]

@@ -1,0 +1,155 @@
+"""LazyInitContext: the context manager under which models are built lazily."""
+
+from __future__ import annotations
+
+import threading
+from types import TracebackType
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ._record import record_op
+
+_lock = threading.Lock()
+
+
+class _State:
+    owner: int | None = None  # thread that records
+    depth = 0
+    device: torch.device | None = None
+
+
+_state = _State()
+
+
+def recording_active() -> bool:
+    """Whether the calling thread is inside a :class:`LazyInitContext`."""
+    return _state.owner == threading.get_ident()
+
+
+class _RecordingMode(TorchDispatchMode):
+    """Sends every aten op to the recorder."""
+
+    def __torch_dispatch__(
+        self,
+        func: torch._ops.OpOverload,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        return record_op(func, args, kwargs or {}, in_context=True)
+
+
+def _normalize_device(device: str | int | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, int):
+        device = torch.device("cuda", device)
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                f"LazyInitContext(default_device={str(device)!r}) but CUDA is not available; "
+                "use default_device='cpu'"
+            )
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+class LazyInitContext:
+    """Build modules without allocating their tensors.
+
+    Inside the context every tensor that model code creates is a lazy tensor: it reports its
+    shape, dtype, device and strides but holds no data. :func:`dormant.materialize` later
+    computes the values, bit for bit those that eager construction from the same RNG state gives.
+
+    Random numbers: recording draws nothing, so after the context every generator holds the state
+    it held before (``torch.manual_seed(0)`` inside model code is honoured for the model's own
+    values). Materializing does not change any generator either.
+
+    The context is re-entrant on one thread: a nested ``LazyInitContext`` joins the outer one (it
+    must ask for the same ``default_device``). Entering it on a second thread while another
+    thread records raises ``RuntimeError``.
+
+    Args:
+        default_device: where tensors created without an explicit device live, and therefore
+            where materialization computes them: ``None`` (cpu), a string, an int (a CUDA index)
+            or a ``torch.device``. Equivalent to eager construction under ``with
+            torch.device(default_device):``.
+
+    Example::
+
+        >>> import torch
+        >>> from dormant import LazyInitContext, materialize
+        >>> with LazyInitContext():
+        ...     model = torch.nn.Linear(4096, 4096)  # no memory allocated
+        >>> model.weight.shape
+        torch.Size([4096, 4096])
+        >>> _ = materialize(model)
+    """
+
+    def __init__(self, default_device: str | int | torch.device | None = None) -> None:
+        self.default_device = _normalize_device(default_device)
+        self._entered: list[Any] = []
+
+    def __enter__(self) -> LazyInitContext:
+        me = threading.get_ident()
+        with _lock:
+            if _state.owner is not None and _state.owner != me:
+                raise RuntimeError(
+                    "LazyInitContext is already recording on another thread; build lazy models "
+                    "on one thread at a time"
+                )
+            if _state.owner == me:
+                if self.default_device != _state.device:
+                    raise RuntimeError(
+                        f"nested LazyInitContext(default_device={str(self.default_device)!r}) "
+                        f"inside one with default_device={str(_state.device)!r}"
+                    )
+                _state.depth += 1
+                self._entered.append(None)
+                return self
+            _state.owner, _state.depth, _state.device = me, 1, self.default_device
+        try:
+            modes: list[Any] = []
+            if self.default_device.type != "cpu":
+                modes.append(torch.device(self.default_device))
+            modes.append(_RecordingMode())
+            for mode in modes:
+                mode.__enter__()
+                self._entered.append(mode)
+        except BaseException:
+            self._exit_modes()
+            raise
+        return self
+
+    def _exit_modes(self) -> None:
+        try:
+            while self._entered:
+                mode = self._entered.pop()
+                if mode is not None:
+                    mode.__exit__(None, None, None)
+        finally:
+            with _lock:
+                _state.owner, _state.depth, _state.device = None, 0, None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._entered and self._entered[-1] is None:
+            self._entered.pop()
+            _state.depth -= 1
+            return
+        self._exit_modes()
+
+    @staticmethod
+    def materialize(module: torch.nn.Module, verbose: bool = False) -> torch.nn.Module:
+        """Same as :func:`dormant.materialize` (kept for users of the API dormant follows)."""
+        from ._materialize import materialize
+
+        return materialize(module, verbose=verbose)

@@ -1,0 +1,178 @@
+"""The op graph: lazy storages, recorded ops and the references between them.
+
+See [Note: the op graph] below; this module holds data only. Recording fills it
+(``_record.py``), replay reads it (``_replay.py``).
+
+[Note: the op graph]
+Eager PyTorch mutates storages; views, ``.data`` and tied weights are several tensors over one
+storage. dormant mirrors that: a :class:`LazyStorage` stands for one storage that does not exist
+yet, and every lazy tensor is a view (size, stride, offset, dtype: taken from its meta tensor) of
+one lazy storage. Each recorded op is a :class:`Node`; a node that creates or mutates a storage
+appends itself to that storage's ``writers``, so ``writers[i]`` produces *version* ``i + 1``. A
+node reads its inputs at the version they had when it ran (:class:`TensorRef`). Aliasing is then
+ordinary data flow and cycles cannot arise: a node only reads versions older than the ones it
+writes.
+
+Ownership points backwards in time: a storage owns its writers, a writer owns the storages it
+reads. Nothing points forward strongly (a node refers to the storages it writes through weak
+references), so when the last lazy tensor over a storage dies, the part of the graph only it
+needed is freed by reference counting alone.
+"""
+
+from __future__ import annotations
+
+import itertools
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils._pytree import TreeSpec
+
+_sequence = itertools.count()
+
+
+def next_sequence() -> int:
+    """Global execution order of recorded nodes (replay runs nodes in this order)."""
+    return next(_sequence)
+
+
+class EarlyRecord:
+    """Why a storage was computed during construction instead of at materialization."""
+
+    __slots__ = ("op", "where", "numel", "nbytes")
+
+    def __init__(self, op: str, where: str, numel: int, nbytes: int) -> None:
+        self.op = op
+        self.where = where
+        self.numel = numel
+        self.nbytes = nbytes
+
+    def __repr__(self) -> str:
+        return f"EarlyRecord(op={self.op!r}, where={self.where!r})"
+
+
+class LazyStorage:
+    """A storage that has not been computed: the unit of aliasing between lazy tensors."""
+
+    __slots__ = ("nbytes", "device", "writers", "cache", "cache_version", "early", "__weakref__")
+
+    def __init__(self, nbytes: int, device: torch.device) -> None:
+        self.nbytes = nbytes
+        self.device = device
+        self.writers: list[Node] = []
+        # A real value computed early (``.item()`` and friends), valid at ``cache_version``.
+        self.cache: torch.UntypedStorage | None = None
+        self.cache_version = 0
+        self.early: list[EarlyRecord] = []
+
+    @property
+    def version(self) -> int:
+        return len(self.writers)
+
+
+class TensorRef:
+    """A lazy tensor as seen by one node: a view (``meta``) of ``storage`` at ``version``.
+
+    References to storages that the node itself writes are weak (see [Note: the op graph]).
+    ``shape_only`` marks arguments whose values the op never reads (``empty_like(x)``).
+    """
+
+    __slots__ = ("_storage", "meta", "version", "shape_only")
+
+    def __init__(
+        self,
+        storage: LazyStorage,
+        meta: torch.Tensor,
+        version: int,
+        *,
+        weak: bool = False,
+        shape_only: bool = False,
+    ) -> None:
+        self._storage: LazyStorage | weakref.ref[LazyStorage] = (
+            weakref.ref(storage) if weak else storage
+        )
+        self.meta = meta
+        self.version = version
+        self.shape_only = shape_only
+
+    @property
+    def storage(self) -> LazyStorage | None:
+        s = self._storage
+        return s() if isinstance(s, weakref.ref) else s
+
+
+class Write:
+    """One storage that a node creates or mutates, and whether the old contents survive it."""
+
+    __slots__ = ("_storage", "version", "ref", "output_index", "keeps_base")
+
+    def __init__(
+        self,
+        storage: LazyStorage,
+        version: int,
+        *,
+        ref: TensorRef | None = None,
+        output_index: int | None = None,
+        keeps_base: bool,
+    ) -> None:
+        self._storage = weakref.ref(storage)
+        self.version = version  # the version this write produces
+        self.ref = ref  # the argument written through (in-place and out= ops)
+        self.output_index = output_index  # or the flat index of a new output
+        self.keeps_base = keeps_base  # False when the write replaces every byte of the storage
+
+    @property
+    def storage(self) -> LazyStorage | None:
+        return self._storage()
+
+
+class Node:
+    """One recorded op: ``op(*args, **kwargs)`` with lazy tensors replaced by :class:`TensorRef`."""
+
+    __slots__ = ("seq", "op", "flat_args", "spec", "reads", "writes", "rng", "label", "__weakref__")
+
+    def __init__(
+        self,
+        op: Callable[..., Any],
+        flat_args: list[Any],
+        spec: TreeSpec,
+        label: str,
+    ) -> None:
+        self.seq = next_sequence()
+        self.op = op
+        self.flat_args = flat_args
+        self.spec = spec
+        self.reads: list[TensorRef] = []
+        self.writes: list[Write] = []
+        self.rng: Any = None  # an ``_rng.RngStep`` for ops that draw random numbers
+        self.label = label
+
+    def __repr__(self) -> str:
+        return f"Node(#{self.seq} {self.label})"
+
+
+class Constant:
+    """The op of a node whose value was given as real data (``torch.tensor([...])``)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: torch.Tensor) -> None:
+        self.value = value
+
+    def __call__(self) -> torch.Tensor:
+        return self.value
+
+
+class DeferredCall:
+    """The op of a node that replays a whole library function (see ``_record.DEFERRED``)."""
+
+    __slots__ = ("fn", "name", "tensor_arg")
+
+    def __init__(self, fn: Callable[..., Any], name: str, tensor_arg: str) -> None:
+        self.fn = fn
+        self.name = name
+        self.tensor_arg = tensor_arg
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)

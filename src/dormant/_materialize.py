@@ -1,0 +1,97 @@
+"""materialize() and is_lazy(): the user-facing half of the core."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from . import _replay
+from ._lazy_tensor import LazyTensor
+from ._placement import install, module_tensors
+from ._report import MaterializeReport
+
+
+def materialize(
+    module: nn.Module, verbose: bool = False, *, progress: bool | None = None
+) -> nn.Module:
+    """Compute every lazy tensor of ``module`` and put the values in place.
+
+    Values are bit for bit those of eager construction from the same RNG state, in any order of
+    materialization (one submodule at a time works too). Parameters, buffers and tensors held as
+    plain attributes (also in lists and dicts) keep their identity: tied weights stay tied and
+    references taken earlier stay valid. Generators' states are left as they were. Calling it on
+    a module with nothing lazy does nothing.
+
+    Args:
+        module: the module to materialize, in place.
+        verbose: print a report: parameters and buffers lazily initialized out of total, and
+            what was materialized early (during construction), with the op that forced it.
+        progress: show a progress bar; by default only on a terminal for long materializations.
+
+    Returns:
+        ``module`` itself.
+
+    Example::
+
+        >>> import torch
+        >>> from dormant import LazyInitContext, materialize
+        >>> torch.manual_seed(0)
+        >>> with LazyInitContext():
+        ...     model = torch.nn.Linear(8, 8)
+        >>> model = materialize(model)
+        >>> torch.manual_seed(0)
+        >>> torch.equal(model.weight, torch.nn.Linear(8, 8).weight)
+        True
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(
+            f"materialize() expects an nn.Module, got {type(module).__name__}; wrap tensors in a "
+            "module (or register them as buffers) to materialize them"
+        )
+    start = time.perf_counter()
+    report = MaterializeReport(type(module).__name__)
+    lazy: dict[int, tuple[str, LazyTensor]] = {}
+    counted: set[int] = set()
+    for slot in module_tensors(module):
+        t = slot.tensor
+        if id(t) in counted:
+            continue
+        counted.add(id(t))
+        is_lazy_t = isinstance(t, LazyTensor)
+        early = t._lazy_storage.early if is_lazy_t else []
+        report.add(slot.name, slot.kind, t.numel(), early, is_lazy_t)
+        if is_lazy_t:
+            lazy[id(t)] = (slot.name, t)
+    if lazy:
+        values = _replay.compute(
+            [t._lazy_storage for _, t in lazy.values()], progress=progress
+        )
+        install(lazy, values)
+        del values
+    report.seconds = time.perf_counter() - start
+    if verbose:
+        print(report)
+    return module
+
+
+def is_lazy(obj: torch.Tensor | nn.Module) -> bool:
+    """Whether a tensor is lazy, or a module still holds any lazy tensor.
+
+    Example::
+
+        >>> import torch
+        >>> from dormant import LazyInitContext, is_lazy, materialize
+        >>> with LazyInitContext():
+        ...     layer = torch.nn.Linear(2, 2)
+        >>> is_lazy(layer), is_lazy(layer.weight)
+        (True, True)
+        >>> is_lazy(materialize(layer))
+        False
+    """
+    if isinstance(obj, torch.Tensor):
+        return isinstance(obj, LazyTensor)
+    if isinstance(obj, nn.Module):
+        return any(isinstance(slot.tensor, LazyTensor) for slot in module_tensors(obj))
+    raise TypeError(f"is_lazy() expects a tensor or an nn.Module, got {type(obj).__name__}")

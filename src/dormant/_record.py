@@ -1,0 +1,509 @@
+"""Recording: how tensors stay lazy.
+
+Every aten op that model code runs inside :class:`~dormant.LazyInitContext` reaches
+:func:`record_op`, through a ``TorchDispatchMode`` (factories, however they are spelled) or
+through ``LazyTensor.__torch_dispatch__`` (any op on a lazy tensor, inside the context or not).
+``record_op`` runs the op's meta kernel to learn the outputs' metadata, wraps them as lazy
+tensors, and appends a :class:`~dormant._graph.Node` to the op graph. What an op does to its
+arguments (view, in-place write, fresh output) comes from its schema; the few ops that need more
+are in small tables here.
+
+Values are never faked: an op that must see data (``.item()``, an op with no meta kernel)
+computes it exactly through replay and marks what it forced as materialized early.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from . import _rng
+from ._graph import Constant, DeferredCall, EarlyRecord, LazyStorage, Node, TensorRef, Write
+from ._lazy_tensor import LazyTensor, describe
+from .errors import LazyTensorError, UnsupportedOpError
+
+aten = torch.ops.aten
+
+# In-place ops that overwrite their target without reading it: a full overwrite makes the old
+# contents dead, so replay can skip computing them.
+_WRITE_ONLY = {
+    aten.fill_,
+    aten.zero_,
+    aten.normal_,
+    aten.uniform_,
+    aten.random_,
+    aten.exponential_,
+    aten.cauchy_,
+    aten.log_normal_,
+    aten.geometric_,
+    aten.copy_,
+}
+
+# Ops that read only the metadata of their tensor arguments.
+_SHAPE_ONLY = {
+    aten.empty_like,
+    aten.zeros_like,
+    aten.ones_like,
+    aten.full_like,
+    aten.rand_like,
+    aten.randn_like,
+    aten.randint_like,
+    aten.new_empty,
+    aten.new_empty_strided,
+    aten.new_zeros,
+    aten.new_ones,
+    aten.new_full,
+}
+
+# In-place ops that change a tensor's metadata rather than its values.
+_METADATA_INPLACE = {
+    aten.t_,
+    aten.transpose_,
+    aten.squeeze_,
+    aten.unsqueeze_,
+    aten.as_strided_,
+    aten.resize_,
+    aten.resize_as_,
+    aten.swapdims_,
+    aten.swapaxes_,
+    aten.set_,
+}
+
+# Ops returning Python values that depend only on metadata.
+_METADATA_QUERIES = {
+    aten.sym_size,
+    aten.sym_stride,
+    aten.sym_numel,
+    aten.sym_storage_offset,
+    aten.is_same_size,
+    aten.size,
+    aten.stride,
+    aten.numel,
+    aten.dim,
+    aten.is_contiguous,
+}
+
+_RANDOM_EXTRA = {aten.native_dropout, aten.rrelu_with_noise}
+
+
+@functools.cache
+def _is_random(packet: torch._ops.OpOverloadPacket) -> bool:
+    if packet in _RANDOM_EXTRA:
+        return True
+    for name in packet.overloads():
+        schema = getattr(packet, name)._schema
+        if any("Generator" in str(arg.type) for arg in schema.arguments):
+            return True
+    return False
+
+
+@functools.cache
+def _schema_info(func: torch._ops.OpOverload) -> tuple[list[str], set[str], list[Any]]:
+    """Argument names, names of mutated arguments, and alias sets of the returns."""
+    schema = func._schema
+    names = [a.name for a in schema.arguments]
+    mutated = {a.name for a in schema.arguments if a.alias_info is not None and a.alias_info.is_write}
+    returns = [r.alias_info for r in schema.returns]
+    return names, mutated, returns
+
+
+def _bind(func: torch._ops.OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    names, _, _ = _schema_info(func)
+    bound = dict(zip(names, args))
+    bound.update(kwargs)
+    return bound
+
+
+def _aliased_arg(func: torch._ops.OpOverload, alias_info: Any) -> str | None:
+    for arg in func._schema.arguments:
+        if arg.alias_info is not None and arg.alias_info.before_set & alias_info.before_set:
+            return arg.name
+    return None
+
+
+def _to_meta(x: Any) -> Any:
+    if isinstance(x, LazyTensor):
+        return x._meta
+    if isinstance(x, torch.Tensor) and x.device.type != "meta":
+        return torch.empty_strided(x.size(), x.stride(), dtype=x.dtype, device="meta")
+    return x
+
+
+def _is_dense(meta: torch.Tensor) -> bool:
+    """Whether the elements of ``meta`` fill a contiguous block, each exactly once."""
+    expected = 1
+    for size, stride in sorted(zip(meta.shape, meta.stride()), key=lambda d: d[1]):
+        if size == 1:
+            continue
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _covers_storage(meta: torch.Tensor, storage: LazyStorage) -> bool:
+    """Whether writing every element of ``meta`` overwrites every byte of ``storage``."""
+    return meta.numel() * meta.element_size() == storage.nbytes and _is_dense(meta)
+
+
+_LIBRARY_DIRS = (os.path.dirname(torch.__file__), os.path.dirname(__file__))
+
+
+def user_frame() -> str:
+    """``file:line`` of the innermost caller outside torch and dormant, for reports."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if not frame.f_code.co_filename.startswith(_LIBRARY_DIRS):
+            return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+        frame = frame.f_back  # type: ignore[assignment]
+    return "<unknown>"
+
+
+def meta_like(value: torch.Tensor) -> torch.Tensor:
+    """A meta tensor with ``value``'s full geometry, storage offset and storage size included."""
+    numel = value.untyped_storage().nbytes() // value.element_size()
+    base = torch.empty(numel, dtype=value.dtype, device="meta")
+    return base.as_strided(value.size(), value.stride(), value.storage_offset())
+
+
+def _output_device(bound: dict[str, Any], tensors: list[torch.Tensor]) -> torch.device:
+    device = bound.get("device")
+    if device is not None:
+        return _normalize(torch.device(device))
+    for t in tensors:
+        if t.device.type != "cpu" or t.dim() > 0:
+            return t.device
+    return tensors[0].device if tensors else torch.device("cpu")
+
+
+def _normalize(device: torch.device) -> torch.device:
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+# --- entry points ------------------------------------------------------------------------------
+
+
+@functools.cache
+def _returns_values(func: torch._ops.OpOverload) -> bool:
+    """Whether the op returns Python values (``.item()``, ``equal``) rather than tensors."""
+    return any("Tensor" not in str(r.type) for r in func._schema.returns)
+
+
+@functools.cache
+def _is_factory_schema(func: torch._ops.OpOverload) -> bool:
+    return bool(func._schema.returns) and not _returns_values(func)
+
+
+def record_op(
+    func: torch._ops.OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any], *, in_context: bool
+) -> Any:
+    """Record ``func(*args, **kwargs)`` lazily, or run it for real when it touches nothing lazy."""
+    packet = func.overloadpacket
+    special = _SPECIAL.get(packet)
+    if special is not None:
+        return special(func, args, kwargs, in_context)
+    flat, spec = tree_flatten((args, kwargs))
+    tensors = [x for x in flat if isinstance(x, torch.Tensor)]
+    lazy = [x for x in tensors if isinstance(x, LazyTensor)]
+    if not lazy:
+        # Real inputs only: a factory inside the context is lazy, anything else runs for real.
+        device = kwargs.get("device")
+        to_meta = device is not None and torch.device(device).type == "meta"
+        if not (in_context and not tensors and _is_factory_schema(func)) or to_meta:
+            return func(*args, **kwargs)
+    if packet in _METADATA_INPLACE:
+        raise UnsupportedOpError(
+            f"{func} changes the metadata of a lazy {describe(lazy[0])} in place, which dormant "
+            "cannot record; use the out-of-place form (for example .t() instead of .t_())",
+            op=str(func),
+        )
+    if _returns_values(func) and packet not in _METADATA_QUERIES:
+        return _run_forced(func, args, kwargs, in_context)
+    return _record(func, args, kwargs, tensors)
+
+
+def _record(
+    func: torch._ops.OpOverload,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    tensors: list[torch.Tensor],
+) -> Any:
+    names, _, _ = _schema_info(func)
+    bound = _bind(func, args, kwargs)
+    device = _output_device(bound, tensors)
+    meta_args, meta_kwargs = tree_unflatten(*_map_flat(_to_meta, (args, kwargs)))
+    if "device" in names and (not tensors or meta_kwargs.get("device") is not None):
+        meta_kwargs["device"] = torch.device("meta")
+    meta_kwargs.pop("pin_memory", None)
+    forced_out = None
+    try:
+        meta_out = func(*meta_args, **meta_kwargs)
+    except NotImplementedError:
+        # No meta kernel: compute the op for real (exactly, through replay) and keep its result.
+        forced_out = _run_forced(func, args, kwargs, True)
+        meta_out = tree_unflatten(*_map_flat(_meta_of_output, forced_out))
+    if _is_view_op(func):
+        return _wrap_views(func, bound, meta_out)
+    if not tensors:
+        # Pin the factory's defaults so replay does not depend on global settings then.
+        first = tree_flatten(meta_out)[0][0]
+        kwargs = dict(kwargs)
+        if "dtype" in names and kwargs.get("dtype") is None:
+            kwargs["dtype"] = first.dtype
+        if "device" in names:
+            kwargs["device"] = device
+        kwargs.pop("pin_memory", None)
+        bound = _bind(func, args, kwargs)
+    flat, spec = tree_flatten((args, kwargs))
+    return _add_node(func, flat, spec, bound, meta_out, device, forced_out)
+
+
+def _map_flat(fn: Callable[[Any], Any], tree: Any) -> tuple[list[Any], Any]:
+    flat, spec = tree_flatten(tree)
+    return [fn(x) for x in flat], spec
+
+
+def _meta_of_output(x: Any) -> Any:
+    return meta_like(x) if isinstance(x, torch.Tensor) else x
+
+
+@functools.cache
+def _is_view_op(func: torch._ops.OpOverload) -> bool:
+    _, mutated, returns = _schema_info(func)
+    return not mutated and bool(returns) and all(r is not None for r in returns)
+
+
+def _wrap_views(func: torch._ops.OpOverload, bound: dict[str, Any], meta_out: Any) -> Any:
+    """Outputs of view ops share their input's lazy storage; nothing is recorded."""
+    _, _, returns = _schema_info(func)
+    source = bound[_aliased_arg(func, returns[0]) or func._schema.arguments[0].name]
+    storage = source._lazy_storage
+
+    def wrap(m: Any) -> Any:
+        return LazyTensor(m, storage) if isinstance(m, torch.Tensor) else m
+
+    return tree_unflatten(*_map_flat(wrap, meta_out))
+
+
+def _add_node(
+    func: Any,
+    flat: list[Any],
+    spec: Any,
+    bound: dict[str, Any],
+    meta_out: Any,
+    device: torch.device,
+    forced_out: Any,
+) -> Any:
+    packet = func.overloadpacket
+    _, mutated_names, returns = _schema_info(func)
+    write_only = packet in _WRITE_ONLY
+
+    # The lazy tensors this op writes in place, and whether it writes them without reading.
+    written: dict[int, tuple[LazyTensor, bool]] = {}
+    for name in mutated_names:
+        value = bound.get(name)
+        for t in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(t, LazyTensor):
+                written[id(t)] = (t, write_only or name == "out")
+    written_storages = {id(t._lazy_storage) for t, _ in written.values()}
+
+    node = Node(func, [], spec, str(func))
+    shape_only = packet in _SHAPE_ONLY
+    refs: dict[int, TensorRef] = {}
+    for x in flat:
+        if not isinstance(x, LazyTensor):
+            node.flat_args.append(x)
+            continue
+        s = x._lazy_storage
+        weak = shape_only or id(s) in written_storages
+        ref = TensorRef(s, x._meta, s.version, weak=weak, shape_only=shape_only)
+        entry = written.get(id(x))
+        if not shape_only and (entry is None or not entry[1]):
+            node.reads.append(ref)
+        refs.setdefault(id(x), ref)
+        node.flat_args.append(ref)
+
+    # In-place writes: each makes a new version of the storage written.
+    for t, blind in written.values():
+        s = t._lazy_storage
+        keeps_base = not (blind and _covers_storage(t._meta, s))
+        node.writes.append(Write(s, s.version + 1, ref=refs[id(t)], keeps_base=keeps_base))
+        s.writers.append(node)
+
+    # Outputs: aliases of mutated arguments return the argument itself; fresh ones get storages.
+    out_flat, out_spec = tree_flatten(meta_out)
+    forced_flat = tree_flatten(forced_out)[0] if forced_out is not None else None
+    wrapped: list[Any] = []
+    for index, (m, alias) in enumerate(zip(out_flat, _alias_per_leaf(meta_out, returns))):
+        if not isinstance(m, torch.Tensor):
+            wrapped.append(m)
+            continue
+        if alias is not None:
+            name = _aliased_arg(func, alias)
+            source = bound.get(name) if name is not None else None
+            if isinstance(source, (list, tuple)):
+                source = source[index] if index < len(source) else None
+            if isinstance(source, LazyTensor):
+                wrapped.append(source if alias.is_write else LazyTensor(m, source._lazy_storage))
+                continue
+        storage = LazyStorage(m.untyped_storage().nbytes(), device)
+        ref = TensorRef(storage, m, 1, weak=True)
+        node.writes.append(Write(storage, 1, ref=ref, output_index=index, keeps_base=False))
+        storage.writers.append(node)
+        if forced_flat is not None:
+            _keep_forced(storage, forced_flat[index], str(func))
+        wrapped.append(LazyTensor(m, storage))
+
+    if _is_random(packet):
+        _attach_rng(node, bound, device)
+    if forced_out is not None:
+        # The op already ran for real on early values: their caches now include this write.
+        for t, _ in written.values():
+            s = t._lazy_storage
+            if s.cache is not None:
+                s.cache_version = s.version
+    return tree_unflatten(wrapped, out_spec)
+
+
+def _alias_per_leaf(meta_out: Any, returns: list[Any]) -> list[Any]:
+    if len(returns) == 1:
+        return [returns[0]] * len(tree_flatten(meta_out)[0])
+    leaves: list[Any] = []
+    for value, alias in zip(meta_out, returns):
+        leaves.extend([alias] * len(tree_flatten(value)[0]))
+    return leaves
+
+
+def _attach_rng(node: Node, bound: dict[str, Any], device: torch.device) -> None:
+    stream = _rng.stream_for(bound.get("generator"), device)
+    node.rng = stream.append(node)
+
+
+def _keep_forced(storage: LazyStorage, value: torch.Tensor, op: str) -> None:
+    storage.cache = value.untyped_storage()
+    storage.cache_version = 1
+    storage.early.append(EarlyRecord(op, user_frame(), value.numel(), storage.nbytes))
+
+
+def as_lazy(value: Any) -> LazyTensor:
+    """``value`` as a lazy tensor: real tensors become constants of the graph."""
+    if isinstance(value, LazyTensor):
+        return value
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"expected a tensor, got {type(value).__name__}")
+    return _constant(value)
+
+
+def _constant(value: torch.Tensor) -> LazyTensor:
+    storage = LazyStorage(value.untyped_storage().nbytes(), value.device)
+    meta = meta_like(value)
+    node = Node(Constant(value), [], tree_flatten(((), {}))[1], "constant")
+    ref = TensorRef(storage, meta, 1, weak=True)
+    node.writes.append(Write(storage, 1, ref=ref, output_index=0, keeps_base=False))
+    storage.writers.append(node)
+    return LazyTensor(meta, storage)
+
+
+# --- ops that need values ----------------------------------------------------------------------
+
+
+def _run_forced(
+    func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], in_context: bool
+) -> Any:
+    """Run ``func`` for real on the exact values of its lazy inputs (early materialization)."""
+    from ._replay import evaluate
+
+    reason = str(func)
+
+    def real(x: Any) -> Any:
+        return evaluate(x, reason) if isinstance(x, LazyTensor) else x
+
+    flat, spec = tree_flatten((args, kwargs))
+    real_args, real_kwargs = tree_unflatten([real(x) for x in flat], spec)
+    return func(*real_args, **real_kwargs)
+
+
+def _lift_fresh(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], in_context: bool) -> Any:
+    # ``torch.tensor(data)``, ``as_tensor`` and ``from_numpy`` pass their fresh tensor here.
+    value = func(*args, **kwargs)
+    if not in_context or isinstance(value, LazyTensor) or value.device.type == "meta":
+        return value
+    return _constant(value)
+
+
+def _local_scalar_dense(
+    func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], in_context: bool
+) -> Any:
+    return _run_forced(func, args, kwargs, in_context)
+
+
+_SPECIAL: dict[Any, Callable[[Any, tuple[Any, ...], dict[str, Any], bool], Any]] = {
+    aten.lift_fresh: _lift_fresh,
+    aten.lift_fresh_copy: _lift_fresh,
+    aten._local_scalar_dense: _local_scalar_dense,
+}
+
+
+# --- library functions recorded whole --------------------------------------------------------
+
+# [Note: deferred library init]
+# Some torch.nn.init functions read values while they run (``trunc_normal_`` is a rejection loop
+# that calls ``.any()``), or run ops that cannot be recorded (``orthogonal_`` calls ``q.t_()``),
+# or run one op per channel (``dirac_``). Each of them first asks ``tensor.is_meta`` and returns
+# at once when it is True. dormant answers True to that one question, from those functions only,
+# and records the whole call as one node; replay calls the real function on the real tensor, in
+# recorded order, so values and random draws match eager. Recognising the caller by its code
+# object works however the function was imported (transformers keeps its own references).
+
+_DEFERRED: dict[Any, tuple[Callable[..., Any], str, bool]] = {
+    torch.nn.init._no_grad_trunc_normal_.__code__: (
+        torch.nn.init._no_grad_trunc_normal_,
+        "torch.nn.init.trunc_normal_",
+        True,
+    ),
+    torch.nn.init.orthogonal_.__code__: (torch.nn.init.orthogonal_, "torch.nn.init.orthogonal_", True),
+    torch.nn.init.dirac_.__code__: (torch.nn.init.dirac_, "torch.nn.init.dirac_", False),
+}
+
+
+_LAZY_TENSOR_FILE = sys.modules[LazyTensor.__module__].__file__
+
+
+def defer_library_init(tensor: LazyTensor) -> bool:
+    """Answer ``tensor.is_meta``: True only to a data-dependent init function, which is recorded."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename == _LAZY_TENSOR_FILE:
+        frame = frame.f_back  # type: ignore[assignment]
+    entry = _DEFERRED.get(frame.f_code) if frame is not None else None
+    if entry is None:
+        return False
+    fn, name, random = entry
+    code = frame.f_code
+    params = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+    call_kwargs = {p: frame.f_locals[p] for p in params}
+    _record_deferred(fn, name, random, params[0], call_kwargs)
+    return True
+
+
+def _record_deferred(
+    fn: Callable[..., Any], name: str, random: bool, tensor_arg: str, call_kwargs: dict[str, Any]
+) -> None:
+    t = call_kwargs[tensor_arg]
+    flat, spec = tree_flatten(((), call_kwargs))
+    s = t._lazy_storage
+    node = Node(DeferredCall(fn, name, tensor_arg), [], spec, name)
+    ref = TensorRef(s, t._meta, s.version, weak=True)
+    node.flat_args = [ref if x is t else x for x in flat]
+    node.label = f"{name}({tuple(t.shape)})"
+    node.writes.append(Write(s, s.version + 1, ref=ref, keeps_base=not _covers_storage(t._meta, s)))
+    s.writers.append(node)
+    if random:
+        _attach_rng(node, {"generator": call_kwargs.get("generator")}, t.device)

@@ -1,0 +1,349 @@
+"""Replay: how lazy storages get their values, exactly as eager construction computed them.
+
+:func:`compute` plans and runs one *pass* over the op graph:
+
+1. **Plan** the nodes needed for the requested storages, walking back from each storage's current
+   version through its writers and their inputs. A write that replaces every byte of a storage
+   without reading it (``normal_`` on a whole weight) cuts the walk: the older contents are dead
+   and are never computed.
+2. **Keep the random streams whole** (see [Note: RNG] in ``_rng.py``): every random step between
+   the last known generator state and a needed step is *advanced*: run into scratch memory of the
+   same geometry, because eager consumed those numbers.
+3. **Run** the needed nodes in recorded order on real tensors, freeing each intermediate storage
+   after its last use, and restore every generator's state at the end.
+
+Values computed early (``.item()`` during construction) are kept on the lazy storage and reused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import _disable_current_modes
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from . import _rng
+from ._graph import Constant, EarlyRecord, LazyStorage, Node, TensorRef, Write
+from ._lazy_tensor import LazyTensor, describe
+from .errors import LazyTensorError, MaterializationError
+
+
+def view_of(storage: torch.UntypedStorage, meta: torch.Tensor) -> torch.Tensor:
+    """A real tensor over ``storage`` with the geometry of ``meta``."""
+    t = torch.empty(0, dtype=meta.dtype, device=storage.device)
+    t.set_(storage, meta.storage_offset(), meta.size(), meta.stride())
+    return t
+
+
+def _allocate(storage: LazyStorage) -> torch.UntypedStorage:
+    return torch.empty(storage.nbytes, dtype=torch.uint8, device=storage.device).untyped_storage()
+
+
+@contextlib.contextmanager
+def _real_execution() -> Iterator[None]:
+    """Run real ops: no recording modes, no torch-function overrides, no autograd."""
+    with _disable_current_modes(), torch._C.DisableTorchFunction(), torch.no_grad():
+        yield
+
+
+class _Scratch:
+    """Reusable memory for writes whose values nobody needs (advancing a random stream)."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+    def like(self, meta: torch.Tensor, device: torch.device) -> torch.Tensor:
+        extent = 1 + sum((n - 1) * s for n, s in zip(meta.shape, meta.stride()) if n > 0)
+        if meta.numel() == 0:
+            extent = 0
+        key = (meta.dtype, device)
+        buf = self.buffers.get(key)
+        if buf is None or buf.numel() < extent:
+            buf = self.buffers[key] = torch.empty(extent, dtype=meta.dtype, device=device)
+        return buf.as_strided(meta.shape, meta.stride(), 0)
+
+
+class _Pass:
+    """One replay pass (see the module docstring)."""
+
+    def __init__(self, targets: list[LazyStorage]) -> None:
+        self.targets = {id(s): s for s in targets}
+        # Use an early value only if the pass needs no version older than it.
+        self.usable = self._usable_caches(self._oldest_needed(targets))
+        self.run: dict[Node, None] = {}
+        self.need: dict[int, set[int]] = defaultdict(set)
+        self.storages: dict[int, LazyStorage] = {}
+        self._walk([(s, s.version) for s in targets])
+        self.advance: dict[_rng.RngStep, None] = {}
+        self._close_streams()
+
+    # -- planning ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _oldest_needed(targets: list[LazyStorage]) -> dict[int, tuple[LazyStorage, int]]:
+        oldest: dict[int, tuple[LazyStorage, int]] = {}
+        seen: set[tuple[int, int]] = set()
+        stack = [(s, s.version) for s in targets]
+        while stack:
+            s, v = stack.pop()
+            if (id(s), v) in seen:
+                continue
+            seen.add((id(s), v))
+            if id(s) not in oldest or v < oldest[id(s)][1]:
+                oldest[id(s)] = (s, v)
+            if s.cache is not None and v == s.cache_version:
+                continue
+            node = s.writers[v - 1]
+            write = _write_of(node, s, v)
+            stack.extend((_storage(r), r.version) for r in node.reads)
+            if write.keeps_base:
+                stack.append((s, v - 1))
+        return oldest
+
+    @staticmethod
+    def _usable_caches(oldest: dict[int, tuple[LazyStorage, int]]) -> set[int]:
+        return {
+            key
+            for key, (s, v) in oldest.items()
+            if s.cache is not None and s.cache_version <= v
+        }
+
+    def _walk(self, roots: list[tuple[LazyStorage, int]]) -> None:
+        stack = list(roots)
+        while stack:
+            s, v = stack.pop()
+            versions = self.need[id(s)]
+            if v in versions:
+                continue
+            versions.add(v)
+            self.storages[id(s)] = s
+            if id(s) in self.usable and v == s.cache_version:
+                continue
+            node = s.writers[v - 1]
+            if node not in self.run:
+                self.run[node] = None
+                stack.extend((_storage(r), r.version) for r in node.reads)
+            if _write_of(node, s, v).keeps_base:
+                stack.append((s, v - 1))
+
+    def _close_streams(self) -> None:
+        """Add the random steps that must be advanced to reach the needed ones."""
+        while True:
+            added: list[Node] = []
+            by_stream: dict[_rng.RngStream, list[int]] = defaultdict(list)
+            for node in self.run:
+                if node.rng is not None:
+                    by_stream[node.rng.stream].append(node.rng.index)
+            for stream, indices in by_stream.items():
+                reached: int | None = None  # last step whose end state the pass will have
+                for i in sorted(indices):
+                    k = i
+                    while stream.step_at(k).state_before is None and k != (
+                        reached + 1 if reached is not None else None
+                    ):
+                        k -= 1
+                        if k < stream.offset:
+                            raise AssertionError("random stream without a starting state")
+                    for j in range(k, i):
+                        step = stream.step_at(j)
+                        if step.node in self.run:
+                            continue
+                        if step.node.reads:
+                            added.append(step.node)  # its draws depend on values: run it
+                        else:
+                            self.advance[step] = None
+                    reached = i
+            if not added:
+                return
+            for n in added:
+                self.run[n] = None
+                self._walk([(_storage(r), r.version) for r in n.reads])
+
+    # -- execution -----------------------------------------------------------------------------
+
+    def execute(self, progress: bool | None) -> dict[int, torch.UntypedStorage]:
+        items: list[tuple[int, Node, bool]] = [(n.seq, n, True) for n in self.run]
+        items += [(s.node.seq, s.node, False) for s in self.advance if s.node not in self.run]
+        items.sort(key=lambda item: item[0])
+        self.values: dict[int, torch.UntypedStorage] = {}
+        self._start_from_caches()
+        self.uses = self._count_uses()
+        self.scratch = _Scratch()
+        saved: dict[_rng.RngStream, torch.Tensor] = {}
+        bar = _progress_bar(len(items), progress)
+        try:
+            with _real_execution():
+                for _, node, real in items:
+                    self._execute(node, real, saved)
+                    bar.update(1)
+            self._advance_caches()
+        finally:
+            bar.close()
+            for stream, state in saved.items():
+                stream.generator.set_state(state)
+            for stream in saved:
+                stream.compact()
+        return {key: self.values[key] for key in self.targets}
+
+    def _count_uses(self) -> dict[int, int]:
+        uses: dict[int, int] = defaultdict(int)
+        for node in self.run:
+            for r in node.reads:
+                uses[id(_storage(r))] += 1
+            for w in node.writes:
+                if w.keeps_base and w.storage is not None:
+                    uses[id(w.storage)] += 1
+        return uses
+
+    def _execute(self, node: Node, real: bool, saved: dict[_rng.RngStream, torch.Tensor]) -> None:
+        step = node.rng
+        if step is not None:
+            gen = step.stream.generator
+            if step.stream not in saved:
+                saved[step.stream] = gen.get_state()
+            if step.state_before is not None:
+                gen.set_state(step.state_before)
+            else:
+                step.state_before = gen.get_state()
+        args = [self._argument(node, x, real) if isinstance(x, TensorRef) else x for x in node.flat_args]
+        call_args, call_kwargs = tree_unflatten(args, node.spec)
+        try:
+            out = node.op(*call_args, **call_kwargs)
+        except Exception as e:
+            raise MaterializationError(
+                f"replaying {node.label} failed: {type(e).__name__}: {e}"
+            ) from e
+        if step is not None and step.index == step.stream.offset + len(step.stream.steps) - 1:
+            step.stream.end_state = step.stream.generator.get_state()
+        if real:
+            self._keep_outputs(node, out)
+            self._release_inputs(node)
+
+    def _argument(self, node: Node, ref: TensorRef, real: bool) -> torch.Tensor:
+        meta = ref.meta
+        if ref.shape_only:
+            device = _ref_device(ref, node)
+            return torch.empty_strided(meta.size(), meta.stride(), dtype=meta.dtype, device=device)
+        write = next((w for w in node.writes if w.ref is ref), None)
+        if write is None:
+            return view_of(self.values[id(_storage(ref))], meta)
+        s = write.storage
+        if not real or s is None or write.version not in self.need.get(id(s), ()):
+            device = s.device if s is not None else _ref_device(ref, node)
+            return self.scratch.like(meta, device)
+        buf = self.values.get(id(s))
+        if buf is None:
+            buf = self.values[id(s)] = _allocate(s)
+        return view_of(buf, meta)
+
+    def _keep_outputs(self, node: Node, out: Any) -> None:
+        outputs = [w for w in node.writes if w.output_index is not None]
+        if not outputs:
+            return
+        flat = tree_flatten(out)[0]
+        for w in outputs:
+            s = w.storage
+            if s is None or w.version not in self.need.get(id(s), ()):
+                continue
+            value = flat[w.output_index]
+            meta = w.ref.meta if w.ref is not None else value
+            later_writes = max(self.need[id(s)]) > w.version
+            if (
+                value.stride() != meta.stride()
+                or value.storage_offset() != meta.storage_offset()
+                or (isinstance(node.op, Constant) and later_writes)
+            ):
+                buf = _allocate(s)
+                view_of(buf, meta).copy_(value)
+            else:
+                buf = value.untyped_storage()
+            self.values[id(s)] = buf
+
+    def _release_inputs(self, node: Node) -> None:
+        touched = [_storage(r) for r in node.reads]
+        touched += [w.storage for w in node.writes if w.keeps_base and w.storage is not None]
+        for s in touched:
+            key = id(s)
+            self.uses[key] -= 1
+            if self.uses[key] == 0 and key not in self.targets:
+                self.values.pop(key, None)
+
+    def _start_from_caches(self) -> None:
+        for key in self.usable:
+            s = self.storages.get(key)
+            if s is not None and s.cache is not None:
+                self.values[key] = s.cache
+
+    def _advance_caches(self) -> None:
+        # Writes replayed onto an early value moved it to a newer version.
+        for key in self.usable:
+            s = self.storages.get(key)
+            if s is not None and s.cache is not None:
+                s.cache_version = max(s.cache_version, max(self.need[key]))
+
+
+def _storage(ref: TensorRef) -> LazyStorage:
+    s = ref.storage
+    if s is None:
+        raise AssertionError("a node read a storage that no longer exists")
+    return s
+
+
+def _ref_device(ref: TensorRef, node: Node) -> torch.device:
+    s = ref.storage
+    if s is not None:
+        return s.device
+    for w in node.writes:
+        if w.storage is not None:
+            return w.storage.device
+    return torch.device("cpu")
+
+
+def _write_of(node: Node, storage: LazyStorage, version: int) -> Write:
+    for w in node.writes:
+        if w.version == version and w.storage is storage:
+            return w
+    raise AssertionError(f"{node} does not write version {version} of this storage")
+
+
+def _progress_bar(total: int, progress: bool | None) -> Any:
+    from tqdm.auto import tqdm
+
+    show = progress if progress is not None else (sys.stderr.isatty() and total > 2000)
+    return tqdm(total=total, desc="materializing", unit="op", disable=not show, leave=False)
+
+
+def compute(
+    storages: Iterable[LazyStorage], *, progress: bool | None = None
+) -> dict[int, torch.UntypedStorage]:
+    """Compute the current values of ``storages``, keyed by ``id(storage)``."""
+    targets = list({id(s): s for s in storages}.values())
+    return _Pass(targets).execute(progress)
+
+
+def evaluate(t: LazyTensor, reason: str) -> torch.Tensor:
+    """The exact value of a lazy tensor, computed now and kept (early materialization)."""
+    from ._context import recording_active
+    from ._record import user_frame
+
+    if not recording_active():
+        raise LazyTensorError(
+            f"{reason} needs the values of a lazy {describe(t)} outside LazyInitContext: call "
+            "dormant.materialize(module) first (or run this code inside the context)",
+            tensor=describe(t),
+            op=reason,
+        )
+    s = t._lazy_storage
+    if s.cache is None or s.cache_version != s.version:
+        buf = compute([s])[id(s)]
+        s.cache, s.cache_version = buf, s.version
+        if not s.early:
+            s.early.append(EarlyRecord(reason, user_frame(), t.numel(), s.nbytes))
+    assert s.cache is not None
+    with _real_execution():
+        return view_of(s.cache, t._meta)

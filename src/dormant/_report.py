@@ -1,0 +1,76 @@
+"""The verbose report of :func:`dormant.materialize`: what stayed lazy and what did not."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ._graph import EarlyRecord
+
+
+@dataclass(frozen=True)
+class EarlyTensor:
+    """A module tensor whose value was computed during construction, and why."""
+
+    name: str
+    numel: int
+    nbytes: int
+    op: str
+    where: str
+
+
+@dataclass
+class MaterializeReport:
+    """Counts of what :func:`dormant.materialize` did for one module."""
+
+    module: str
+    parameters: int = 0
+    lazy_parameters: int = 0
+    buffers: int = 0
+    lazy_buffers: int = 0
+    numel: int = 0
+    early: list[EarlyTensor] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def early_numel(self) -> int:
+        return sum(e.numel for e in self.early)
+
+    @property
+    def lazy_rate(self) -> float:
+        """Share of elements (parameters and buffers) that stayed lazy until materialization."""
+        return 1.0 - self.early_numel / self.numel if self.numel else 1.0
+
+    def add(self, name: str, kind: str, numel: int, early: list[EarlyRecord], lazy: bool) -> None:
+        if kind == "parameter":
+            self.parameters += 1
+            self.lazy_parameters += lazy and not early
+        elif kind == "buffer":
+            self.buffers += 1
+            self.lazy_buffers += lazy and not early
+        else:
+            return
+        self.numel += numel
+        if early:
+            first = early[0]
+            self.early.append(EarlyTensor(name, numel, first.nbytes, first.op, first.where))
+
+    def __str__(self) -> str:
+        early_bytes = sum(e.nbytes for e in self.early)
+        lines = [
+            f"dormant: materialized {self.module} in {self.seconds:.2f} s",
+            f"  parameters lazily initialized: {self.lazy_parameters} of {self.parameters}",
+            f"  buffers lazily initialized:    {self.lazy_buffers} of {self.buffers}",
+            f"  lazy rate: {self.lazy_rate:.2%} of {self.numel:,} elements",
+            f"  materialized early: {len(self.early)} tensors, {self.early_numel:,} elements "
+            f"({1 - self.lazy_rate:.2%}), {_human(early_bytes)}",
+        ]
+        lines += [f"    - {e.name}: forced by {e.op} at {e.where}" for e in self.early]
+        return "\n".join(lines)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GiB"

@@ -1,0 +1,118 @@
+"""Random number streams: eager's draws, replayed in recorded order.
+
+[Note: RNG]
+Recording draws nothing: every generator keeps its state while a model is built lazily. Each
+random op recorded is appended, in order, as an :class:`RngStep` of the stream of the generator
+it would have drawn from (the default generator of its device, or the explicit
+``torch.Generator`` it was given). The first step of a stream remembers the generator's state;
+replay sets that state and runs the steps in order, so step ``k`` sees exactly the state eager
+construction gave it. Every step that replay passes remembers its ``state_before``, so later
+passes (another submodule, another order) jump straight to any step already passed.
+
+A step whose values nobody needs still consumed numbers in eager, so replay *advances* over it:
+it runs the same op into scratch memory of the same size, stride and dtype. Steps with nothing
+left to compute are dropped once a later step's state is known, so streams do not grow across
+build/materialize cycles.
+
+If a generator's state changes while steps are being recorded (``torch.manual_seed`` inside the
+model code, or a real random op), the next step starts a new segment from the new state, as eager
+would. Two contexts in a row continue one stream when nothing touched the generator between
+them, so ``A(); B()`` built lazily equals ``A(); B()`` built eagerly.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from ._graph import Node
+
+
+class RngStep:
+    """One recorded random op in a stream."""
+
+    __slots__ = ("stream", "index", "node", "state_before")
+
+    def __init__(self, stream: RngStream, index: int, node: Node) -> None:
+        self.stream = stream
+        self.index = index  # absolute position in the stream (survives compaction)
+        # The step owns its node, to advance over it even when its values are no longer wanted.
+        # A node holds the storages it writes only weakly, so this keeps no tensor alive.
+        self.node = node
+        self.state_before: torch.Tensor | None = None
+
+    def wanted(self) -> bool:
+        """Whether some live storage may still need this step's values."""
+        return any(w.storage is not None for w in self.node.writes)
+
+
+class RngStream:
+    """The recorded draws of one generator."""
+
+    def __init__(self, generator: torch.Generator) -> None:
+        self.generator = generator
+        self.steps: list[RngStep] = []
+        self.offset = 0  # absolute index of ``steps[0]``
+        self.untouched = generator.get_state()  # what the generator holds if nobody drew
+        self.resume: torch.Tensor | None = self.untouched  # state before the next new step
+        self.end_state: torch.Tensor | None = None  # state after the last step, once replayed
+
+    def append(self, node: Node) -> RngStep:
+        step = RngStep(self, self.offset + len(self.steps), node)
+        current = self.generator.get_state()
+        if not torch.equal(current, self.untouched):
+            # Someone seeded or drew for real: eager would continue from here.
+            self.untouched = current
+            step.state_before = current
+        elif not self.steps:
+            step.state_before = self.resume
+        self.end_state = None
+        self.steps.append(step)
+        return step
+
+    def step_at(self, index: int) -> RngStep:
+        return self.steps[index - self.offset]
+
+    def compact(self) -> None:
+        """Drop leading steps that nothing needs any more and whose successor's state is known."""
+        steps = self.steps
+        drop = 0
+        while drop < len(steps) and not steps[drop].wanted():
+            following = (
+                steps[drop + 1].state_before if drop + 1 < len(steps) else self.end_state
+            )
+            if following is None:
+                break
+            drop += 1
+        if drop:
+            if drop == len(steps):
+                self.resume = self.end_state
+            del steps[:drop]
+            self.offset += drop
+
+
+_streams: dict[int, RngStream] = {}
+
+
+def default_generator(device: torch.device) -> torch.Generator:
+    if device.type == "cpu":
+        return torch.default_generator
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.cuda.default_generators[index]
+    raise NotImplementedError(f"dormant has no random stream for device type {device.type!r}")
+
+
+def stream_for(generator: torch.Generator | None, device: torch.device) -> RngStream:
+    """The stream of ``generator``, or of ``device``'s default generator when it is None."""
+    gen = generator if generator is not None else default_generator(device)
+    stream = _streams.get(id(gen))
+    if stream is None or stream.generator is not gen:
+        stream = _streams[id(gen)] = RngStream(gen)
+    return stream
+
+
+def all_streams() -> list[RngStream]:
+    return list(_streams.values())
