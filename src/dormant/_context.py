@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from . import _rng
 from ._record import record_op
 
 _lock = threading.Lock()
@@ -112,6 +113,7 @@ class LazyInitContext:
                 self._entered.append(None)
                 return self
             _state.owner, _state.depth, _state.device = me, 1, self.default_device
+        _rng.start_segments()
         try:
             modes: list[Any] = []
             if self.default_device.type != "cpu":

@@ -112,7 +112,7 @@ _is_meta = torch._C.TensorBase.is_meta
 
 @_implements((_data, "__set__"))
 def _set_data(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    from ._record import as_lazy
+    from ._record import as_lazy, set_data
 
     target, value = args
     if not isinstance(target, LazyTensor):
@@ -120,11 +120,7 @@ def _set_data(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             f"cannot assign a lazy tensor to the .data of a real tensor ({describe(target)}): "
             "create the tensor inside LazyInitContext, or materialize the lazy one first"
         )
-    value = as_lazy(value)
-    with torch._C.DisableTorchFunctionSubclass():
-        _data.__set__(target, value)  # updates the reported shape and dtype at once
-    target._meta = value._meta
-    target._lazy_storage = value._lazy_storage
+    set_data(target, as_lazy(value))
 
 
 @_implements((_is_meta, "__get__"))

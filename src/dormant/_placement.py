@@ -62,8 +62,11 @@ def install(
     tensors: dict[int, tuple[str, LazyTensor]], values: dict[int, torch.UntypedStorage]
 ) -> None:
     """Turn each lazy tensor into a real one over ``values[id(its storage)]``, in place."""
-    # Views hold a reference to their base; swap them first so that each base is free to swap.
-    order = sorted(tensors.values(), key=lambda item: item[1]._base is None)
+    # Views and results of autograd ops (old-style weight_norm's ``weight``) hold references to
+    # other tensors; swap them first so that those are free to swap.
+    order = sorted(
+        tensors.values(), key=lambda item: (item[1]._base is None, item[1].grad_fn is None)
+    )
     done: list[str] = []
     for name, t in order:
         storage = t._lazy_storage
@@ -79,6 +82,7 @@ def install(
                 new.__dict__[key] = value
         try:
             torch.utils.swap_tensors(t, new)
+            del new  # now the lazy shell: drop it, and the references it held, at once
         except RuntimeError as e:
             raise MaterializationError(
                 f"could not materialize {name!r} in place: {e}. Something else holds a "

@@ -72,7 +72,7 @@ _METADATA_INPLACE = {
     aten.resize_as_,
     aten.swapdims_,
     aten.swapaxes_,
-    aten.set_,
+    aten.set_,  # except set_(Tensor source): see _set_source
 }
 
 # Ops returning Python values that depend only on metadata.
@@ -445,7 +445,32 @@ def _local_scalar_dense(
     return _run_forced(func, args, kwargs, in_context)
 
 
+def _set_source(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], in_context: bool) -> Any:
+    # ``dest.set_(src)`` (used by torch.nn.utils.parametrize) makes ``dest`` a view of ``src``'s
+    # storage, like ``dest.data = src``.
+    dest, source = args[0], kwargs.get("source", args[1] if len(args) > 1 else None)
+    if func is not aten.set_.source_Tensor or not isinstance(dest, LazyTensor):
+        if isinstance(dest, LazyTensor):
+            raise UnsupportedOpError(
+                f"{func} on a lazy {describe(dest)}: dormant records set_ only from a tensor "
+                "(dest.set_(src)); assign .data instead",
+                op=str(func),
+            )
+        return func(*args, **kwargs)
+    set_data(dest, as_lazy(source))
+    return dest
+
+
+def set_data(target: LazyTensor, value: LazyTensor) -> None:
+    """Make ``target`` a view of ``value``'s lazy storage (``target.data = value``)."""
+    with torch._C.DisableTorchFunctionSubclass():
+        torch._C.TensorBase.data.__set__(target, value)  # updates reported shape and dtype
+    target._meta = value._meta
+    target._lazy_storage = value._lazy_storage
+
+
 _SPECIAL: dict[Any, Callable[[Any, tuple[Any, ...], dict[str, Any], bool], Any]] = {
+    aten.set_: _set_source,
     aten.lift_fresh: _lift_fresh,
     aten.lift_fresh_copy: _lift_fresh,
     aten._local_scalar_dense: _local_scalar_dense,

@@ -14,10 +14,11 @@ it runs the same op into scratch memory of the same size, stride and dtype. Step
 left to compute are dropped once a later step's state is known, so streams do not grow across
 build/materialize cycles.
 
-If a generator's state changes while steps are being recorded (``torch.manual_seed`` inside the
-model code, or a real random op), the next step starts a new segment from the new state, as eager
-would. Two contexts in a row continue one stream when nothing touched the generator between
-them, so ``A(); B()`` built lazily equals ``A(); B()`` built eagerly.
+Each ``LazyInitContext`` starts a new segment from the generator's state at that moment, and so
+does any change of state while steps are being recorded (``torch.manual_seed`` inside the model
+code, or a real random op), as eager would see it. Since recording draws nothing, two contexts
+entered one after the other from the same state draw the same numbers: build modules that must
+differ in one context, or seed in between.
 """
 
 from __future__ import annotations
@@ -58,13 +59,15 @@ class RngStream:
         self.untouched = generator.get_state()  # what the generator holds if nobody drew
         self.resume: torch.Tensor | None = self.untouched  # state before the next new step
         self.end_state: torch.Tensor | None = None  # state after the last step, once replayed
+        self.new_segment = True  # the next step starts from the generator's current state
 
     def append(self, node: Node) -> RngStep:
         step = RngStep(self, self.offset + len(self.steps), node)
         current = self.generator.get_state()
-        if not torch.equal(current, self.untouched):
-            # Someone seeded or drew for real: eager would continue from here.
+        if self.new_segment or not torch.equal(current, self.untouched):
+            # A new context, or someone seeded or drew for real: eager would continue from here.
             self.untouched = current
+            self.new_segment = False
             step.state_before = current
         elif not self.steps:
             step.state_before = self.resume
@@ -114,5 +117,7 @@ def stream_for(generator: torch.Generator | None, device: torch.device) -> RngSt
     return stream
 
 
-def all_streams() -> list[RngStream]:
-    return list(_streams.values())
+def start_segments() -> None:
+    """Called when a LazyInitContext is entered: every stream restarts from its current state."""
+    for stream in _streams.values():
+        stream.new_segment = True
