@@ -45,6 +45,16 @@ def materialize(
         >>> torch.equal(model.weight, torch.nn.Linear(8, 8).weight)
         True
     """
+    report = materialize_with_report(module, progress=progress)
+    if verbose:
+        print(report)
+    return module
+
+
+def materialize_with_report(
+    module: nn.Module, *, progress: bool | None = None
+) -> MaterializeReport:
+    """:func:`materialize`, returning the report that ``verbose=True`` prints."""
     if not isinstance(module, nn.Module):
         raise TypeError(
             f"materialize() expects an nn.Module, got {type(module).__name__}; wrap tensors in a "
@@ -71,9 +81,7 @@ def materialize(
         install(lazy, values)
         del values
     report.seconds = time.perf_counter() - start
-    if verbose:
-        print(report)
-    return module
+    return report
 
 
 def is_lazy(obj: torch.Tensor | nn.Module) -> bool:

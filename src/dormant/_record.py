@@ -416,12 +416,16 @@ def _constant(value: torch.Tensor) -> LazyTensor:
 
 
 def _run_forced(
-    func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], in_context: bool
+    func: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    in_context: bool,
+    reason: str | None = None,
 ) -> Any:
     """Run ``func`` for real on the exact values of its lazy inputs (early materialization)."""
     from ._replay import evaluate
 
-    reason = str(func)
+    reason = reason or str(func)
 
     def real(x: Any) -> Any:
         return evaluate(x, reason) if isinstance(x, LazyTensor) else x
@@ -442,7 +446,7 @@ def _lift_fresh(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], in_con
 def _local_scalar_dense(
     func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], in_context: bool
 ) -> Any:
-    return _run_forced(func, args, kwargs, in_context)
+    return _run_forced(func, args, kwargs, in_context, reason="Tensor.item() (or bool, int, float)")
 
 
 def _set_source(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], in_context: bool) -> Any:
