@@ -111,9 +111,11 @@ def default_generator(device: torch.device) -> torch.Generator:
 def stream_for(generator: torch.Generator | None, device: torch.device) -> RngStream:
     """The stream of ``generator``, or of ``device``'s default generator when it is None."""
     gen = generator if generator is not None else default_generator(device)
-    stream = _streams.get(id(gen))
-    if stream is None or stream.generator is not gen:
-        stream = _streams[id(gen)] = RngStream(gen)
+    # Generators passed through the dispatcher come back as new Python objects over the same
+    # C++ generator: key by the latter. The stream keeps it alive, so the key stays unique.
+    stream = _streams.get(gen._cdata)
+    if stream is None:
+        stream = _streams[gen._cdata] = RngStream(gen)
     return stream
 
 

@@ -1,0 +1,151 @@
+"""Replay: lazily built modules equal eager ones bit for bit, whatever the order and RNG use."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from helpers import assert_same, build_pair, differences, rng_unchanged
+from models import PATTERNS, DataDependent, RandomOrder
+from torch import nn
+
+from dormant import LazyInitContext, materialize
+
+
+@pytest.mark.parametrize("ctor", PATTERNS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("seed", [0, 7])
+def test_pattern_equals_eager(ctor: type[nn.Module], seed: int) -> None:
+    eager, lazy = build_pair(ctor, seed)
+    assert_same(eager, lazy)
+
+
+def test_plain_attributes_keep_their_python_values() -> None:
+    eager, lazy = build_pair(DataDependent)
+    assert lazy.rates == eager.rates
+    assert lazy.positive == eager.positive
+    assert lazy.listed == eager.listed
+    assert (lazy.as_numpy == eager.as_numpy).all()
+    assert lazy.text == eager.text
+    assert lazy.int_value == eager.int_value == 42
+
+
+def test_other_rng_use_between_build_and_materialize() -> None:
+    torch.manual_seed(0)
+    eager = RandomOrder()
+    torch.manual_seed(0)
+    with LazyInitContext():
+        lazy = RandomOrder()
+    torch.randn(1000)  # the user draws before materializing
+    torch.manual_seed(5)
+    materialize(lazy)
+    assert_same(eager, lazy)
+
+
+SUBMODULES = ["first", "second", "after_seed"]
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(SUBMODULES)), ids="-".join)
+def test_submodules_materialized_in_any_order(order: tuple[str, ...]) -> None:
+    torch.manual_seed(3)
+    eager = RandomOrder()
+    torch.manual_seed(3)
+    with LazyInitContext():
+        lazy = RandomOrder()
+    for name in order:
+        materialize(getattr(lazy, name))
+        torch.rand(3)
+    materialize(lazy)
+    assert_same(eager, lazy)
+
+
+def test_materialize_leaves_rng_state_alone() -> None:
+    torch.manual_seed(0)
+    with LazyInitContext():
+        lazy = RandomOrder()
+    g = torch.Generator().manual_seed(1)
+    g_before = g.get_state()
+    with rng_unchanged():
+        materialize(lazy)
+    assert torch.equal(g.get_state(), g_before)
+
+
+def test_context_draws_nothing_from_the_global_generator() -> None:
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    with LazyInitContext():
+        nn.Linear(100, 100)
+        torch.randn(50)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_explicit_generator_is_not_advanced_by_recording() -> None:
+    g = torch.Generator().manual_seed(42)
+    before = g.get_state()
+    with LazyInitContext():
+        t = nn.Parameter(torch.randn(10, generator=g))
+    assert torch.equal(g.get_state(), before)
+    holder = nn.Module()
+    holder.t = t
+    materialize(holder)
+    assert torch.equal(holder.t, torch.randn(10, generator=torch.Generator().manual_seed(42)))
+
+
+def test_two_contexts_from_one_state_draw_the_same_numbers() -> None:
+    # Documented: recording draws nothing, so each context starts where the generator is.
+    torch.manual_seed(0)
+    with LazyInitContext():
+        a = nn.Linear(4, 4)
+    with LazyInitContext():
+        b = nn.Linear(4, 4)
+    materialize(b)
+    materialize(a)
+    torch.manual_seed(0)
+    assert torch.equal(a.weight, nn.Linear(4, 4).weight)
+    assert torch.equal(a.weight, b.weight)
+
+
+def test_one_context_many_models_continue_one_stream() -> None:
+    torch.manual_seed(0)
+    ea, eb = nn.Linear(4, 4), nn.Linear(4, 4)
+    torch.manual_seed(0)
+    with LazyInitContext():
+        la, lb = nn.Linear(4, 4), nn.Linear(4, 4)
+    materialize(lb)
+    materialize(la)
+    assert_same(ea, la)
+    assert_same(eb, lb)
+
+
+def test_early_values_then_later_writes() -> None:
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4, 4))
+            self.first = float(self.w[0, 0])  # forces w early
+            self.w.data.mul_(2).add_(torch.randn(4, 4))  # later lazy writes on an early value
+            self.second = self.w.sum().item()
+
+    eager, lazy = build_pair(M)
+    assert_same(eager, lazy)
+    assert (lazy.first, lazy.second) == (eager.first, eager.second)
+
+
+def test_old_version_of_a_storage_needed_after_it_changed() -> None:
+    class M(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(3, 3)
+            self.b = nn.Linear(3, 3)
+            self.b.weight.data.copy_(self.a.weight.data)  # reads a at version k
+            self.a.weight.data.zero_()  # then a changes
+
+    torch.manual_seed(0)
+    eager = M()
+    torch.manual_seed(0)
+    with LazyInitContext():
+        lazy = M()
+    materialize(lazy.a)  # a first: its final version
+    materialize(lazy.b)  # b still needs a's old version
+    assert not differences(eager, lazy)
+    assert lazy.b.weight.abs().sum() > 0
