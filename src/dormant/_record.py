@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.utils._pytree import tree_flatten, tree_unflatten
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from . import _rng
 from ._graph import Constant, DeferredCall, EarlyRecord, LazyStorage, Node, TensorRef, Write
@@ -306,36 +306,35 @@ def _add_node(
     _, mutated_names, returns = _schema_info(func)
     write_only = packet in _WRITE_ONLY
 
-    # The lazy tensors this op writes in place, and whether it writes them without reading.
-    written: dict[int, tuple[LazyTensor, bool]] = {}
-    for name in mutated_names:
-        value = bound.get(name)
-        for t in value if isinstance(value, (list, tuple)) else [value]:
-            if isinstance(t, LazyTensor):
-                written[id(t)] = (t, write_only or name == "out")
+    # Which argument each flat position belongs to: writes are per argument, not per tensor
+    # (``x.copy_(x)`` writes its first argument and reads its second).
+    args, kwargs = tree_unflatten(flat, spec)
+    arg_names = _flat_arg_names(func, args, kwargs)
+    written: dict[int, tuple[LazyTensor, bool]] = {}  # flat position -> (tensor, write-only)
+    for i, (x, name) in enumerate(zip(flat, arg_names)):
+        if isinstance(x, LazyTensor) and name in mutated_names:
+            written[i] = (x, write_only or name == "out")
     written_storages = {id(t._lazy_storage) for t, _ in written.values()}
 
     node = Node(func, [], spec, str(func))
     shape_only = packet in _SHAPE_ONLY
-    refs: dict[int, TensorRef] = {}
-    for x in flat:
+    for i, x in enumerate(flat):
         if not isinstance(x, LazyTensor):
             node.flat_args.append(x)
             continue
         s = x._lazy_storage
         weak = shape_only or id(s) in written_storages
         ref = TensorRef(s, x._meta, s.version, weak=weak, shape_only=shape_only)
-        entry = written.get(id(x))
+        entry = written.get(i)
         if not shape_only and (entry is None or not entry[1]):
             node.reads.append(ref)
-        refs.setdefault(id(x), ref)
         node.flat_args.append(ref)
 
     # In-place writes: each makes a new version of the storage written.
-    for t, blind in written.values():
+    for i, (t, blind) in written.items():
         s = t._lazy_storage
         keeps_base = not (blind and _covers_storage(t._meta, s))
-        node.writes.append(Write(s, s.version + 1, ref=refs[id(t)], keeps_base=keeps_base))
+        node.writes.append(Write(s, s.version + 1, ref=node.flat_args[i], keeps_base=keeps_base))
         s.writers.append(node)
 
     # Outputs: aliases of mutated arguments return the argument itself; fresh ones get storages.
@@ -371,6 +370,15 @@ def _add_node(
             if s.cache is not None:
                 s.cache_version = s.version
     return tree_unflatten(wrapped, out_spec)
+
+
+def _flat_arg_names(func: torch._ops.OpOverload, args: Any, kwargs: dict[str, Any]) -> list[str]:
+    names, _, _ = _schema_info(func)
+    tree = (
+        tuple(tree_map(lambda _, n=n: n, a) for n, a in zip(names, args)),
+        {k: tree_map(lambda _, k=k: k, v) for k, v in kwargs.items()},
+    )
+    return tree_flatten(tree)[0]
 
 
 def _alias_per_leaf(meta_out: Any, returns: list[Any]) -> list[Any]:
