@@ -7,7 +7,7 @@ import time
 import torch
 from torch import nn
 
-from . import _replay
+from . import _replay, _rng
 from ._lazy_tensor import LazyTensor
 from ._placement import install, module_tensors
 from ._report import MaterializeReport
@@ -79,7 +79,8 @@ def materialize_with_report(
             [t._lazy_storage for _, t in lazy.values()], progress=progress
         )
         install(lazy, values)
-        del values
+        del values, lazy
+        _rng.compact_all()
     report.seconds = time.perf_counter() - start
     return report
 

@@ -147,7 +147,7 @@ class _Pass:
                         reached + 1 if reached is not None else None
                     ):
                         k -= 1
-                        if k < stream.offset:
+                        if k not in stream.steps:
                             raise AssertionError("random stream without a starting state")
                     for j in range(k, i):
                         step = stream.step_at(j)
@@ -186,8 +186,6 @@ class _Pass:
             bar.close()
             for stream, state in saved.items():
                 stream.generator.set_state(state)
-            for stream in saved:
-                stream.compact()
         return {key: self.values[key] for key in self.targets}
 
     def _count_uses(self) -> dict[int, int]:
@@ -218,7 +216,7 @@ class _Pass:
             raise MaterializationError(
                 f"replaying {node.label} failed: {type(e).__name__}: {e}"
             ) from e
-        if step is not None and step.index == step.stream.offset + len(step.stream.steps) - 1:
+        if step is not None and step.stream.is_last(step):
             step.stream.end_state = step.stream.generator.get_state()
         if real:
             self._keep_outputs(node, out)

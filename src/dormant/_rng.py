@@ -54,15 +54,17 @@ class RngStream:
 
     def __init__(self, generator: torch.Generator) -> None:
         self.generator = generator
-        self.steps: list[RngStep] = []
-        self.offset = 0  # absolute index of ``steps[0]``
+        # Steps by absolute index, in order. Compaction may leave gaps, but only before a step
+        # whose ``state_before`` is known, so replay never needs to cross one.
+        self.steps: dict[int, RngStep] = {}
+        self.next_index = 0
         self.untouched = generator.get_state()  # what the generator holds if nobody drew
         self.resume: torch.Tensor | None = self.untouched  # state before the next new step
         self.end_state: torch.Tensor | None = None  # state after the last step, once replayed
         self.new_segment = True  # the next step starts from the generator's current state
 
     def append(self, node: Node) -> RngStep:
-        step = RngStep(self, self.offset + len(self.steps), node)
+        step = RngStep(self, self.next_index, node)
         current = self.generator.get_state()
         if self.new_segment or not torch.equal(current, self.untouched):
             # A new context, or someone seeded or drew for real: eager would continue from here.
@@ -72,28 +74,33 @@ class RngStream:
         elif not self.steps:
             step.state_before = self.resume
         self.end_state = None
-        self.steps.append(step)
+        self.steps[step.index] = step
+        self.next_index += 1
         return step
 
     def step_at(self, index: int) -> RngStep:
-        return self.steps[index - self.offset]
+        return self.steps[index]
+
+    def is_last(self, step: RngStep) -> bool:
+        return step.index == self.next_index - 1
 
     def compact(self) -> None:
-        """Drop leading steps that nothing needs any more and whose successor's state is known."""
-        steps = self.steps
-        drop = 0
-        while drop < len(steps) and not steps[drop].wanted():
-            following = (
-                steps[drop + 1].state_before if drop + 1 < len(steps) else self.end_state
-            )
-            if following is None:
-                break
-            drop += 1
-        if drop:
-            if drop == len(steps):
+        """Drop runs of steps that nothing needs and after which the generator state is known."""
+        run: list[int] = []
+        for index, step in list(self.steps.items()):
+            if step.state_before is not None:
+                for dead in run:
+                    del self.steps[dead]
+                run = []
+            if not step.wanted():
+                run.append(index)
+            else:
+                run = []
+        if run and self.end_state is not None:
+            for dead in run:
+                del self.steps[dead]
+            if not self.steps:
                 self.resume = self.end_state
-            del steps[:drop]
-            self.offset += drop
 
 
 _streams: dict[int, RngStream] = {}
@@ -119,7 +126,14 @@ def stream_for(generator: torch.Generator | None, device: torch.device) -> RngSt
     return stream
 
 
+def compact_all() -> None:
+    """Forget the steps that no live lazy tensor needs (after materializing)."""
+    for stream in _streams.values():
+        stream.compact()
+
+
 def start_segments() -> None:
     """Called when a LazyInitContext is entered: every stream restarts from its current state."""
     for stream in _streams.values():
         stream.new_segment = True
+        stream.compact()

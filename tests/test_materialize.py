@@ -1,0 +1,189 @@
+"""materialize(): values land in the module's own tensors; report, progress, memory, errors."""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import textwrap
+import weakref
+
+import psutil
+import pytest
+import torch
+from helpers import assert_same, build_pair
+from models import DataDependent, Tied
+from torch import nn
+
+from dormant import LazyInitContext, LazyTensorError, is_lazy, materialize
+from dormant import _rng
+
+
+def test_identity_and_ties_are_preserved() -> None:
+    with LazyInitContext():
+        m = Tied()
+    weight = m.embed.weight
+    optimizer = torch.optim.SGD(m.parameters(), lr=0.1)  # built before materializing
+    materialize(m)
+    assert m.embed.weight is weight and m.head.weight is weight
+    assert type(weight) is nn.Parameter and weight.requires_grad
+    assert optimizer.param_groups[0]["params"][0] is weight
+    m.head(torch.ones(2, 8)).sum().backward()
+    optimizer.step()  # trains through the references taken while lazy
+
+
+def test_user_attributes_on_parameters_survive() -> None:
+    with LazyInitContext():
+        m = nn.Linear(2, 2)
+        m.weight._no_weight_decay = True
+    materialize(m)
+    assert m.weight._no_weight_decay is True
+
+
+def test_materializing_twice_is_a_no_op() -> None:
+    eager, lazy = build_pair(Tied)
+    before = {k: v.clone() for k, v in lazy.state_dict().items()}
+    materialize(lazy)
+    assert all(torch.equal(before[k], v) for k, v in lazy.state_dict().items())
+    assert_same(eager, lazy)
+
+
+def test_partly_lazy_module() -> None:
+    torch.manual_seed(0)
+    real = nn.Linear(3, 3)
+    with LazyInitContext():
+        lazy_part = nn.Linear(3, 3)
+    m = nn.Sequential(real, lazy_part)
+    materialize(m)
+    assert not is_lazy(m) and m[0] is real
+
+
+def test_verbose_report_names_what_was_materialized_early(capsys: pytest.CaptureFixture[str]) -> None:
+    with LazyInitContext():
+        m = DataDependent()
+    materialize(m, verbose=True)
+    out = capsys.readouterr().out
+    assert "parameters lazily initialized: 0 of 2" in out
+    # bool(weight.sum() > 0) computed the weight only transiently; tolist() kept it.
+    assert "lin.weight: forced by Tensor.tolist" in out
+    assert "lin.bias: forced by Tensor.numpy" in out
+    assert "test_materialize.py" not in out  # the location is the model code's
+    assert "models.py:" in out
+
+
+def test_verbose_report_of_a_fully_lazy_model(capsys: pytest.CaptureFixture[str]) -> None:
+    with LazyInitContext():
+        m = Tied()
+    materialize(m, verbose=True)
+    out = capsys.readouterr().out
+    assert "parameters lazily initialized: 1 of 1" in out
+    assert "buffers lazily initialized:    2 of 2" in out
+    assert "lazy rate: 100.00%" in out
+    assert "materialized early: 0 tensors" in out
+
+
+def test_progress_bar_when_asked(capsys: pytest.CaptureFixture[str]) -> None:
+    with LazyInitContext():
+        m = nn.Sequential(*[nn.Linear(8, 8) for _ in range(4)])
+    materialize(m, progress=True)
+    assert "materializing" in capsys.readouterr().err
+
+
+def test_non_module_is_refused() -> None:
+    with LazyInitContext():
+        t = torch.randn(3)
+    with pytest.raises(TypeError, match="expects an nn.Module, got LazyTensor"):
+        materialize(t)  # type: ignore[arg-type]
+
+
+def test_values_outside_the_context_raise_a_clear_error() -> None:
+    with LazyInitContext():
+        m = nn.Linear(3, 3)
+    with pytest.raises(LazyTensorError, match=r"call dormant\.materialize\(module\) first"):
+        m.weight.sum().item()
+    with pytest.raises(LazyTensorError, match="Tensor.tolist"):
+        m.weight.tolist()
+    with pytest.raises(LazyTensorError, match="cannot pickle or torch.save"):
+        torch.save(m.state_dict(), "/dev/null")
+    assert "LazyParameter(shape=(3, 3)" in repr(m.weight)
+    materialize(m)  # still usable after the errors
+    assert not is_lazy(m)
+
+
+def test_graph_is_released_after_materialize() -> None:
+    with LazyInitContext():
+        m = nn.Sequential(nn.Linear(64, 64), nn.LayerNorm(64))
+    storage = weakref.ref(m[0].weight._lazy_storage)
+    materialize(m)
+    gc.collect()
+    assert storage() is None
+    stream = _rng.stream_for(None, torch.device("cpu"))
+    assert not stream.steps, f"{len(stream.steps)} random steps left; nothing needs them"
+
+
+def test_no_growth_across_build_materialize_cycles() -> None:
+    def cycle() -> None:
+        with LazyInitContext():
+            m = nn.Sequential(*[nn.Linear(1024, 1024) for _ in range(8)])  # 32 MiB
+        materialize(m)
+        del m
+        gc.collect()
+
+    cycle()
+    rss = psutil.Process().memory_info().rss
+    for _ in range(6):
+        cycle()
+    grown = psutil.Process().memory_info().rss - rss
+    assert grown < 24 * 2**20, f"resident memory grew by {grown / 2**20:.0f} MiB over 6 cycles"
+
+
+PEAK_PROBE = textwrap.dedent(
+    """
+    import resource, sys, torch, psutil
+    from torch import nn
+    from dormant import LazyInitContext, materialize
+    torch.set_num_threads(1)
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList(nn.Linear(2048, 2048, bias=False) for _ in range(16))
+            for layer in self.layers:  # re-initialised through transient float64 copies
+                w = layer.weight
+                w.data = nn.init.trunc_normal_(w.data.double(), std=0.02).float()
+
+    with LazyInitContext():  # load the code recording needs (meta kernels), in both modes
+        warm = nn.Linear(2, 2)
+    materialize(warm)
+    before = psutil.Process().memory_info().rss
+    if sys.argv[1] == "eager":
+        m = M()
+    else:
+        with LazyInitContext():
+            m = M()
+        materialize(m)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(peak - before)
+    """
+)
+
+
+def _peak(mode: str) -> int:
+    # A fixed mmap threshold keeps glibc from serving large blocks from its heap after the first
+    # large free (its dynamic threshold), which makes peak RSS depend on allocation order rather
+    # than on the bytes live at once: the quantity under test.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_PROBE, mode], capture_output=True, text=True, check=True, env=env
+    ).stdout
+    return int(out.strip().splitlines()[-1])
+
+
+def test_materialize_peaks_near_the_model_size() -> None:
+    """Peak of build + materialize is eager's peak plus at most one tensor (RNG scratch)."""
+    eager, lazy = _peak("eager"), _peak("lazy")
+    largest = 2048 * 2048 * 4
+    assert lazy < eager + largest + 32 * 2**20, (
+        f"lazy peak {lazy / 2**20:.0f} MiB, eager peak {eager / 2**20:.0f} MiB"
+    )

@@ -1,0 +1,145 @@
+"""Recording: every tensor made inside the context is lazy, reports the right metadata, and
+costs no storage."""
+
+from __future__ import annotations
+
+import gc
+
+import psutil
+import pytest
+import torch
+from helpers import assert_same, build_pair
+from models import Factories
+from torch import nn
+
+from dormant import LazyInitContext, LazyTensor, UnsupportedOpError, is_lazy, materialize
+
+
+def test_every_factory_spelling_is_lazy() -> None:
+    with LazyInitContext():
+        m = Factories()
+    lazy = {name: type(b) for name, b in m.named_buffers()}
+    assert all(t is LazyTensor for t in lazy.values()), lazy
+    materialize(m)
+    assert not is_lazy(m)
+
+
+def test_factories_equal_eager() -> None:
+    assert_same(*build_pair(Factories))
+
+
+def test_from_numpy_keeps_the_data_without_copying_at_build() -> None:
+    import numpy as np
+
+    array = np.arange(6.0)
+    with LazyInitContext():
+        t = torch.from_numpy(array)
+    assert isinstance(t, LazyTensor)
+    holder = nn.Module()
+    holder.register_buffer("t", t)
+    materialize(holder)
+    assert torch.equal(holder.t, torch.arange(6.0, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.int64])
+def test_metadata_is_reported_without_storage(dtype: torch.dtype) -> None:
+    with LazyInitContext():
+        p = nn.Parameter(torch.zeros(6, 4, dtype=dtype), requires_grad=dtype.is_floating_point)
+        t = torch.empty(3, 8, dtype=dtype).t()
+        sliced = p.data[1:4, ::2]
+    assert isinstance(p, nn.Parameter) and isinstance(p, LazyTensor)
+    assert (p.shape, p.dtype, p.device, p.is_meta) == ((6, 4), dtype, torch.device("cpu"), False)
+    assert p.requires_grad == dtype.is_floating_point
+    real = torch.zeros(6, 4, dtype=dtype)[1:4, ::2]
+    assert t.shape == (8, 3) and t.stride() == (1, 8)
+    assert (sliced.shape, sliced.stride(), sliced.storage_offset()) == (
+        real.shape,
+        real.stride(),
+        real.storage_offset(),
+    )
+
+
+def test_dtype_changes_show_at_once() -> None:
+    with LazyInitContext():
+        m = nn.Linear(4, 4)
+        m.half()
+        assert m.weight.dtype == torch.float16
+        assert m.bias.to(torch.float64).dtype == torch.float64
+    m.to(torch.bfloat16)  # edits after the context are recorded too
+    assert m.weight.dtype == torch.bfloat16
+
+
+def test_edits_after_building_are_kept() -> None:
+    def build() -> nn.Module:
+        m = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+        return m
+
+    torch.manual_seed(0)
+    eager = build()
+    eager.half()
+    eager[1].weight.requires_grad_(False)
+    with torch.no_grad():
+        eager[0].bias.zero_()
+    torch.manual_seed(0)
+    with LazyInitContext():
+        lazy = build()
+    lazy.half()
+    lazy[1].weight.requires_grad_(False)
+    with torch.no_grad():
+        lazy[0].bias.zero_()
+    materialize(lazy)
+    assert_same(eager, lazy)
+
+
+def test_building_allocates_no_storage() -> None:
+    gc.collect()
+    rss = psutil.Process().memory_info().rss
+    with LazyInitContext():
+        m = nn.Sequential(*[nn.Linear(16384, 16384) for _ in range(8)])  # 8.6 GB in float32
+    grown = psutil.Process().memory_info().rss - rss
+    assert sum(p.numel() for p in m.parameters()) * 4 > 8 * 2**30
+    assert grown < 64 * 2**20, f"building grew resident memory by {grown / 2**20:.0f} MiB"
+
+
+def test_70b_llama_builds_in_little_memory() -> None:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(
+        hidden_size=8192,
+        intermediate_size=28672,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        vocab_size=32000,
+    )
+    gc.collect()
+    rss = psutil.Process().memory_info().rss
+    with LazyInitContext():
+        model = transformers.LlamaForCausalLM(config)
+    grown = psutil.Process().memory_info().rss - rss
+    assert sum(p.numel() for p in model.parameters()) > 68e9
+    assert grown < 1 * 2**30, f"building grew resident memory by {grown / 2**20:.0f} MiB"
+    assert is_lazy(model)
+
+
+def test_inplace_metadata_change_is_refused_with_the_op_named() -> None:
+    with LazyInitContext():
+        t = torch.randn(2, 3)
+        with pytest.raises(UnsupportedOpError, match=r"aten\.t_.*use the out-of-place form"):
+            t.t_()
+        u = t.t()  # the out-of-place form works
+    assert u.shape == (3, 2)
+
+
+def test_meta_tensors_inside_the_context_stay_meta() -> None:
+    with LazyInitContext():
+        t = torch.empty(4, device="meta")
+    assert type(t) is torch.Tensor and t.is_meta
+
+
+def test_real_tensors_made_before_the_context_stay_real() -> None:
+    real = torch.ones(3)
+    with LazyInitContext():
+        doubled = real * 2  # ops on real tensors only run for real
+        lazy = torch.ones(3) + real
+    assert type(doubled) is torch.Tensor and torch.equal(doubled, torch.full((3,), 2.0))
+    assert isinstance(lazy, LazyTensor)
