@@ -38,6 +38,7 @@ _WRITE_ONLY = {
     aten.normal_,
     aten.uniform_,
     aten.random_,
+    aten.bernoulli_,  # reads p (float or tensor), never self
     aten.exponential_,
     aten.cauchy_,
     aten.log_normal_,

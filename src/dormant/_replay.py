@@ -153,8 +153,8 @@ class _Pass:
                         step = stream.step_at(j)
                         if step.node in self.run:
                             continue
-                        if step.node.reads:
-                            added.append(step.node)  # its draws depend on values: run it
+                        if any(r.storage is not None for r in step.node.reads):
+                            added.append(step.node)  # its draws may depend on values: run it
                         else:
                             self.advance[step] = None
                     reached = i
@@ -162,7 +162,7 @@ class _Pass:
                 return
             for n in added:
                 self.run[n] = None
-                self._walk([(_storage(r), r.version) for r in n.reads])
+                self._walk([(s, r.version) for r in n.reads if (s := r.storage) is not None])
 
     # -- execution -----------------------------------------------------------------------------
 
@@ -192,7 +192,8 @@ class _Pass:
         uses: dict[int, int] = defaultdict(int)
         for node in self.run:
             for r in node.reads:
-                uses[id(_storage(r))] += 1
+                if (s := r.storage) is not None:
+                    uses[id(s)] += 1
             for w in node.writes:
                 if w.keeps_base and w.storage is not None:
                     uses[id(w.storage)] += 1
@@ -229,7 +230,12 @@ class _Pass:
             return torch.empty_strided(meta.size(), meta.stride(), dtype=meta.dtype, device=device)
         write = next((w for w in node.writes if w.ref is ref), None)
         if write is None:
-            return view_of(self.values[id(_storage(ref))], meta)
+            source = ref.storage
+            if source is None:
+                # Only a random op advanced for its draws reads a storage that died: it read
+                # its own target, and in-place random ops draw independently of the values.
+                return self.scratch.like(meta, _ref_device(ref, node))
+            return view_of(self.values[id(source)], meta)
         s = write.storage
         if not real or s is None or write.version not in self.need.get(id(s), ()):
             device = s.device if s is not None else _ref_device(ref, node)
@@ -263,7 +269,7 @@ class _Pass:
             self.values[id(s)] = buf
 
     def _release_inputs(self, node: Node) -> None:
-        touched = [_storage(r) for r in node.reads]
+        touched = [s for r in node.reads if (s := r.storage) is not None]
         touched += [w.storage for w in node.writes if w.keeps_base and w.storage is not None]
         for s in touched:
             key = id(s)
