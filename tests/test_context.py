@@ -22,9 +22,12 @@ def test_nested_context_joins_the_outer_one() -> None:
 
 
 def test_nested_context_with_another_device_is_refused() -> None:
-    with LazyInitContext(), pytest.raises(RuntimeError, match="nested LazyInitContext"):
-        with LazyInitContext(default_device="meta"):
-            pass
+    with (
+        LazyInitContext(),
+        pytest.raises(RuntimeError, match="nested LazyInitContext"),
+        LazyInitContext(default_device="meta"),
+    ):
+        pass
     assert type(torch.zeros(2)) is torch.Tensor
 
 
@@ -64,9 +67,8 @@ def test_exception_in_model_code_leaves_torch_and_rng_as_before() -> None:
             raise ValueError("bad config")
 
     torch.manual_seed(0)
-    with rng_unchanged(), pytest.raises(ValueError, match="bad config"):
-        with LazyInitContext():
-            Broken()
+    with rng_unchanged(), pytest.raises(ValueError, match="bad config"), LazyInitContext():
+        Broken()
     assert type(torch.zeros(1)) is torch.Tensor
     with LazyInitContext():  # usable again
         m = nn.Linear(2, 2)

@@ -72,9 +72,7 @@ def run(program: list[tuple[int, int, int, int]]) -> nn.Module:
 
 
 program_strategy = st.lists(
-    st.tuples(
-        st.integers(0, 7), st.integers(0, 50), st.integers(0, 50), st.integers(0, 50)
-    ),
+    st.tuples(st.integers(0, 7), st.integers(0, 50), st.integers(0, 50), st.integers(0, 50)),
     max_size=30,
 )
 

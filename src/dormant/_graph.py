@@ -40,7 +40,7 @@ def next_sequence() -> int:
 class EarlyRecord:
     """Why a storage was computed during construction instead of at materialization."""
 
-    __slots__ = ("op", "where", "numel", "nbytes")
+    __slots__ = ("nbytes", "numel", "op", "where")
 
     def __init__(self, op: str, where: str, numel: int, nbytes: int) -> None:
         self.op = op
@@ -55,7 +55,7 @@ class EarlyRecord:
 class LazyStorage:
     """A storage that has not been computed: the unit of aliasing between lazy tensors."""
 
-    __slots__ = ("nbytes", "device", "writers", "cache", "cache_version", "early", "__weakref__")
+    __slots__ = ("__weakref__", "cache", "cache_version", "device", "early", "nbytes", "writers")
 
     def __init__(self, nbytes: int, device: torch.device) -> None:
         self.nbytes = nbytes
@@ -78,7 +78,7 @@ class TensorRef:
     ``shape_only`` marks arguments whose values the op never reads (``empty_like(x)``).
     """
 
-    __slots__ = ("_storage", "meta", "version", "shape_only")
+    __slots__ = ("_storage", "meta", "shape_only", "version")
 
     def __init__(
         self,
@@ -105,7 +105,7 @@ class TensorRef:
 class Write:
     """One storage that a node creates or mutates, and whether the old contents survive it."""
 
-    __slots__ = ("_storage", "version", "ref", "output_index", "keeps_base")
+    __slots__ = ("_storage", "keeps_base", "output_index", "ref", "version")
 
     def __init__(
         self,
@@ -130,7 +130,7 @@ class Write:
 class Node:
     """One recorded op: ``op(*args, **kwargs)`` with lazy tensors replaced by :class:`TensorRef`."""
 
-    __slots__ = ("seq", "op", "flat_args", "spec", "reads", "writes", "rng", "label", "__weakref__")
+    __slots__ = ("__weakref__", "flat_args", "label", "op", "reads", "rng", "seq", "spec", "writes")
 
     def __init__(
         self,

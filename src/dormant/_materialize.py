@@ -69,15 +69,13 @@ def materialize_with_report(
         if id(t) in counted:
             continue
         counted.add(id(t))
-        is_lazy_t = isinstance(t, LazyTensor)
-        early = t._lazy_storage.early if is_lazy_t else []
-        report.add(slot.name, slot.kind, t.numel(), early, is_lazy_t)
-        if is_lazy_t:
+        if isinstance(t, LazyTensor):
+            report.add(slot.name, slot.kind, t.numel(), t._lazy_storage.early, lazy=True)
             lazy[id(t)] = (slot.name, t)
+        else:
+            report.add(slot.name, slot.kind, t.numel(), [], lazy=False)
     if lazy:
-        values = _replay.compute(
-            [t._lazy_storage for _, t in lazy.values()], progress=progress
-        )
+        values = _replay.compute([t._lazy_storage for _, t in lazy.values()], progress=progress)
         install(lazy, values)
         del values, lazy
         _rng.compact_all()

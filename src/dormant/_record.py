@@ -26,7 +26,7 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 from . import _rng
 from ._graph import Constant, DeferredCall, EarlyRecord, LazyStorage, Node, TensorRef, Write
 from ._lazy_tensor import LazyTensor, describe
-from .errors import LazyTensorError, UnsupportedOpError
+from .errors import UnsupportedOpError
 
 aten = torch.ops.aten
 
@@ -109,12 +109,16 @@ def _schema_info(func: torch._ops.OpOverload) -> tuple[list[str], set[str], list
     """Argument names, names of mutated arguments, and alias sets of the returns."""
     schema = func._schema
     names = [a.name for a in schema.arguments]
-    mutated = {a.name for a in schema.arguments if a.alias_info is not None and a.alias_info.is_write}
+    mutated = {
+        a.name for a in schema.arguments if a.alias_info is not None and a.alias_info.is_write
+    }
     returns = [r.alias_info for r in schema.returns]
     return names, mutated, returns
 
 
-def _bind(func: torch._ops.OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+def _bind(
+    func: torch._ops.OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any]:
     names, _, _ = _schema_info(func)
     bound = dict(zip(names, args))
     bound.update(kwargs)
@@ -211,7 +215,7 @@ def record_op(
     special = _SPECIAL.get(packet)
     if special is not None:
         return special(func, args, kwargs, in_context)
-    flat, spec = tree_flatten((args, kwargs))
+    flat = tree_flatten((args, kwargs))[0]
     tensors = [x for x in flat if isinstance(x, torch.Tensor)]
     lazy = [x for x in tensors if isinstance(x, LazyTensor)]
     if not lazy:
@@ -347,8 +351,8 @@ def _add_node(
             wrapped.append(m)
             continue
         if alias is not None:
-            name = _aliased_arg(func, alias)
-            source = bound.get(name) if name is not None else None
+            arg_name = _aliased_arg(func, alias)
+            source = bound.get(arg_name) if arg_name is not None else None
             if isinstance(source, (list, tuple)):
                 source = source[index] if index < len(source) else None
             if isinstance(source, LazyTensor):
@@ -474,10 +478,13 @@ def _set_source(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], in_con
     return dest
 
 
+_DATA: Any = torch._C.TensorBase.data
+
+
 def set_data(target: LazyTensor, value: LazyTensor) -> None:
     """Make ``target`` a view of ``value``'s lazy storage (``target.data = value``)."""
     with torch._C.DisableTorchFunctionSubclass():
-        torch._C.TensorBase.data.__set__(target, value)  # updates reported shape and dtype
+        _DATA.__set__(target, value)  # updates the reported shape and dtype at once
     target._meta = value._meta
     target._lazy_storage = value._lazy_storage
 
@@ -507,7 +514,11 @@ _DEFERRED: dict[Any, tuple[Callable[..., Any], str, bool]] = {
         "torch.nn.init.trunc_normal_",
         True,
     ),
-    torch.nn.init.orthogonal_.__code__: (torch.nn.init.orthogonal_, "torch.nn.init.orthogonal_", True),
+    torch.nn.init.orthogonal_.__code__: (
+        torch.nn.init.orthogonal_,
+        "torch.nn.init.orthogonal_",
+        True,
+    ),
     torch.nn.init.dirac_.__code__: (torch.nn.init.dirac_, "torch.nn.init.dirac_", False),
 }
 

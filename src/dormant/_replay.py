@@ -108,9 +108,7 @@ class _Pass:
     @staticmethod
     def _usable_caches(oldest: dict[int, tuple[LazyStorage, int]]) -> set[int]:
         return {
-            key
-            for key, (s, v) in oldest.items()
-            if s.cache is not None and s.cache_version <= v
+            key for key, (s, v) in oldest.items() if s.cache is not None and s.cache_version <= v
         }
 
     def _walk(self, roots: list[tuple[LazyStorage, int]]) -> None:
@@ -209,7 +207,9 @@ class _Pass:
                 gen.set_state(step.state_before)
             else:
                 step.state_before = gen.get_state()
-        args = [self._argument(node, x, real) if isinstance(x, TensorRef) else x for x in node.flat_args]
+        args = [
+            self._argument(node, x, real) if isinstance(x, TensorRef) else x for x in node.flat_args
+        ]
         call_args, call_kwargs = tree_unflatten(args, node.spec)
         try:
             out = node.op(*call_args, **call_kwargs)
@@ -252,7 +252,7 @@ class _Pass:
         flat = tree_flatten(out)[0]
         for w in outputs:
             s = w.storage
-            if s is None or w.version not in self.need.get(id(s), ()):
+            if s is None or w.output_index is None or w.version not in self.need.get(id(s), ()):
                 continue
             value = flat[w.output_index]
             meta = w.ref.meta if w.ref is not None else value

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 class RngStep:
     """One recorded random op in a stream."""
 
-    __slots__ = ("stream", "index", "node", "state_before")
+    __slots__ = ("index", "node", "state_before", "stream")
 
     def __init__(self, stream: RngStream, index: int, node: Node) -> None:
         self.stream = stream
@@ -120,9 +120,10 @@ def stream_for(generator: torch.Generator | None, device: torch.device) -> RngSt
     gen = generator if generator is not None else default_generator(device)
     # Generators passed through the dispatcher come back as new Python objects over the same
     # C++ generator: key by the latter. The stream keeps it alive, so the key stays unique.
-    stream = _streams.get(gen._cdata)
+    key: int = gen._cdata  # type: ignore[attr-defined]
+    stream = _streams.get(key)
     if stream is None:
-        stream = _streams[gen._cdata] = RngStream(gen)
+        stream = _streams[key] = RngStream(gen)
     return stream
 
 

@@ -28,7 +28,7 @@ class LazyTensorError(DormantError):
 
 
 class UnsupportedOpError(DormantError):
-    """An operation cannot be recorded on a lazy tensor (for example an in-place metadata change)."""
+    """An op cannot be recorded on a lazy tensor (for example an in-place metadata change)."""
 
     def __init__(self, message: str, *, op: str) -> None:
         super().__init__(message)

@@ -1,0 +1,134 @@
+"""The ``dormant`` command line.
+
+``dormant verify`` builds a transformers Llama eagerly and lazily, each in a fresh process from
+the same seed, checks that every tensor is bit-identical and prints the time and peak resident
+memory of both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "hidden_size": 128,
+        "intermediate_size": 352,
+        "num_hidden_layers": 2,
+        "vocab_size": 1000,
+    },
+    "small": {
+        "hidden_size": 768,
+        "intermediate_size": 2048,
+        "num_hidden_layers": 8,
+        "vocab_size": 32000,
+    },
+    "base": {
+        "hidden_size": 1024,
+        "intermediate_size": 2816,
+        "num_hidden_layers": 12,
+        "vocab_size": 32000,
+    },
+}
+
+
+def _probe(mode: str, size: str, seed: int) -> dict[str, Any]:
+    """Build the model in this process; return timings, peak memory and a digest per tensor."""
+    import resource
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from dormant import LazyInitContext, materialize
+
+    config = LlamaConfig(num_attention_heads=8, num_key_value_heads=8, **SIZES[size])
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    if mode == "eager":
+        model = LlamaForCausalLM(config)
+        built = time.perf_counter()
+    else:
+        with LazyInitContext():
+            model = LlamaForCausalLM(config)
+        built = time.perf_counter()
+        materialize(model)
+    done = time.perf_counter()
+    digests = {
+        name: hashlib.sha256(
+            t.detach().contiguous().view(torch.uint8).numpy().tobytes()
+        ).hexdigest()
+        + f"/{t.dtype}/{tuple(t.shape)}"
+        for name, t in model.state_dict().items()
+    }
+    return {
+        "construct": built - start,
+        "total": done - start,
+        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "digests": digests,
+    }
+
+
+def _run_probe(mode: str, size: str, seed: int) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "dormant.cli", "_probe", mode, "--size", size, "--seed", str(seed)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"dormant verify: the {mode} build failed:\n{out.stderr}")
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def verify(size: str, seed: int) -> int:
+    """Compare eager and lazy construction; return the process exit code."""
+    eager = _run_probe("eager", size, seed)
+    lazy = _run_probe("lazy", size, seed)
+    same = [k for k, v in eager["digests"].items() if lazy["digests"].get(k) == v]
+    total = len(eager["digests"])
+    cfg = SIZES[size]
+    print(
+        f"dormant verify: LlamaForCausalLM ({size}: hidden {cfg['hidden_size']}, "
+        f"{cfg['num_hidden_layers']} layers, {eager['parameters'] / 1e6:.0f}M parameters)"
+    )
+    print(f"  eager: construct {eager['total']:.2f} s, peak RSS {eager['peak_mib']:.0f} MiB")
+    print(
+        f"  lazy:  construct {lazy['construct']:.2f} s + materialize "
+        f"{lazy['total'] - lazy['construct']:.2f} s = {lazy['total']:.2f} s "
+        f"({lazy['total'] / eager['total']:.2f}x eager), peak RSS {lazy['peak_mib']:.0f} MiB"
+    )
+    print(f"  bit-identical tensors: {len(same)} of {total}")
+    if len(same) != total:
+        print("  DIFFERENT: " + ", ".join(sorted(set(eager["digests"]) - set(same))[:10]))
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dormant`` command.
+
+    Example::
+
+        $ dormant verify --size tiny
+    """
+    parser = argparse.ArgumentParser(prog="dormant", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    v = sub.add_parser("verify", help="check lazy == eager on a transformers Llama, with figures")
+    v.add_argument("--size", choices=sorted(SIZES), default="small")
+    v.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("_probe", help=argparse.SUPPRESS)
+    p.add_argument("mode", choices=["eager", "lazy"])
+    p.add_argument("--size", choices=sorted(SIZES), default="small")
+    p.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.command == "verify":
+        return verify(args.size, args.seed)
+    print(json.dumps(_probe(args.mode, args.size, args.seed)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

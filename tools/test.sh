@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install everything the tests need into fresh virtual environments and run the whole suite:
+# lint, type check, the core tests (torch 2.13.0) and the model zoo (torch 2.14.1 for the
+# libraries that need it). Used as-is by CI (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+
+echo "== core environment (torch 2.13.0)"
+"$PY" -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q torch==2.13.0 -e ".[test,dev]"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+.venv/bin/pytest -q --durations=15 tests
+
+if [ -f tools/zoo-requirements.txt ]; then
+  echo "== zoo environment (torch 2.14.1: torchvision, timm, torchaudio, torchrec)"
+  "$PY" -m venv .venv-zoo
+  .venv-zoo/bin/pip install -q --upgrade pip
+  .venv-zoo/bin/pip install -q -r tools/zoo-requirements.txt
+  .venv-zoo/bin/pip install -q --no-deps -r tools/zoo-requirements-nodeps.txt
+  .venv-zoo/bin/pip install -q --no-deps -e .
+  .venv-zoo/bin/pytest -q --durations=15 tests/zoo
+fi
