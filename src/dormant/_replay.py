@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -164,7 +164,8 @@ class _Pass:
 
     # -- execution -----------------------------------------------------------------------------
 
-    def execute(self, progress: bool | None) -> dict[int, torch.UntypedStorage]:
+    def execute(self, on_ready: OnReady, progress: bool | None) -> None:
+        """Run the pass; hand each target to ``on_ready`` as soon as its last write ran."""
         items: list[tuple[int, Node, bool]] = [(n.seq, n, True) for n in self.run]
         items += [(s.node.seq, s.node, False) for s in self.advance if s.node not in self.run]
         items.sort(key=lambda item: item[0])
@@ -172,10 +173,13 @@ class _Pass:
         self._start_from_caches()
         self.uses = self._count_uses()
         self.scratch = _Scratch()
+        self.on_ready = on_ready
         saved: dict[_rng.RngStream, torch.Tensor] = {}
         bar = _progress_bar(len(items), progress)
         try:
             with _real_execution():
+                for s in list(self.targets.values()):
+                    self._hand_over_if_done(s)  # an early value may already be current
                 for _, node, real in items:
                     self._execute(node, real, saved)
                     bar.update(1)
@@ -184,7 +188,16 @@ class _Pass:
             bar.close()
             for stream, state in saved.items():
                 stream.generator.set_state(state)
-        return {key: self.values[key] for key in self.targets}
+        if self.targets:
+            raise AssertionError(f"replay did not produce {len(self.targets)} storages")
+
+    def _hand_over_if_done(self, s: LazyStorage) -> None:
+        key = id(s)
+        if key in self.targets and self._version_now.get(key) == s.version:
+            del self.targets[key]
+            self.on_ready(s, self.values[key])
+            if self.uses.get(key, 0) == 0:
+                self.values.pop(key, None)
 
     def _count_uses(self) -> dict[int, int]:
         uses: dict[int, int] = defaultdict(int)
@@ -222,6 +235,11 @@ class _Pass:
         if real:
             self._keep_outputs(node, out)
             self._release_inputs(node)
+            for w in node.writes:
+                s = w.storage
+                if s is not None and id(s) in self.values:
+                    self._version_now[id(s)] = w.version
+                    self._hand_over_if_done(s)
 
     def _argument(self, node: Node, ref: TensorRef, real: bool) -> torch.Tensor:
         meta = ref.meta
@@ -278,10 +296,12 @@ class _Pass:
                 self.values.pop(key, None)
 
     def _start_from_caches(self) -> None:
+        self._version_now: dict[int, int] = {}
         for key in self.usable:
             s = self.storages.get(key)
             if s is not None and s.cache is not None:
                 self.values[key] = s.cache
+                self._version_now[key] = s.cache_version
 
     def _advance_caches(self) -> None:
         # Writes replayed onto an early value moved it to a newer version.
@@ -322,12 +342,30 @@ def _progress_bar(total: int, progress: bool | None) -> Any:
     return tqdm(total=total, desc="materializing", unit="op", disable=not show, leave=False)
 
 
+OnReady = Callable[[LazyStorage, torch.UntypedStorage], None]
+
+
+def compute_each(
+    storages: Iterable[LazyStorage], on_ready: OnReady, *, progress: bool | None = None
+) -> None:
+    """Compute the current values of ``storages`` in one pass, streaming them out.
+
+    ``on_ready(storage, value)`` is called as soon as a storage's last write has run; replay
+    keeps the value only as long as later ops still read it, so a caller that keeps a slice of
+    each value (a shard) holds about one full tensor at a time.
+    """
+    targets = list({id(s): s for s in storages}.values())
+    if targets:
+        _Pass(targets).execute(on_ready, progress)
+
+
 def compute(
     storages: Iterable[LazyStorage], *, progress: bool | None = None
 ) -> dict[int, torch.UntypedStorage]:
     """Compute the current values of ``storages``, keyed by ``id(storage)``."""
-    targets = list({id(s): s for s in storages}.values())
-    return _Pass(targets).execute(progress)
+    values: dict[int, torch.UntypedStorage] = {}
+    compute_each(storages, lambda s, v: values.__setitem__(id(s), v), progress=progress)
+    return values
 
 
 def evaluate(t: LazyTensor, reason: str) -> torch.Tensor:
