@@ -14,6 +14,7 @@ from ._lazy_tensor import LazyTensor
 from ._materialize import is_lazy, materialize
 from ._report import MaterializeReport
 from .errors import DormantError, LazyTensorError, MaterializationError, UnsupportedOpError
+from .launch import launch
 
 __version__ = "0.1.0"
 
@@ -26,5 +27,6 @@ __all__ = [
     "MaterializeReport",
     "UnsupportedOpError",
     "is_lazy",
+    "launch",
     "materialize",
 ]

@@ -96,3 +96,81 @@ def install(
         # share it, as views do in eager.
         storage.cache, storage.cache_version = values[id(storage)], storage.version
         done.append(name)
+
+
+# --- sharded placement ---------------------------------------------------------------------------
+# [Note: sharded materialization]
+# A parallel engine (FSDP2, DTensor tensor parallelism) shards a module whose parameters are on
+# the meta device without allocating them, then ``to_empty`` allocates only the local shards. So
+# dormant hands the engine a meta copy of the module's geometry (``to_meta``), lets it shard and
+# allocate, and writes each local shard from the exact full value (``fill_local``). Full values
+# stream out of one replay pass one at a time, so a rank holds its shards plus about one full
+# tensor. Every rank replays the same program from the same RNG state, so shards agree across
+# ranks without communication.
+
+
+def to_meta(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Replace every parameter and buffer by a meta tensor of the same geometry, ties kept.
+
+    Returns the original tensors (lazy or real) by fully qualified name, to fill the allocated
+    tensors from with :func:`fill_local`.
+    """
+    sources: dict[str, torch.Tensor] = {}
+    replaced: dict[int, torch.Tensor] = {}
+    for prefix, mod in module.named_modules(remove_duplicate=True):
+        dot = f"{prefix}." if prefix else ""
+        for table in (mod._parameters, mod._buffers):
+            for name, t in list(table.items()):
+                if t is None:
+                    continue
+                sources[dot + name] = t
+                meta = replaced.get(id(t))
+                if meta is None:
+                    meta = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
+                    if isinstance(t, nn.Parameter):
+                        meta = nn.Parameter(meta, requires_grad=t.requires_grad)
+                    replaced[id(t)] = meta
+                table[name] = meta  # type: ignore[index]
+    return sources
+
+
+def fill_local(
+    module: nn.Module, sources: dict[str, torch.Tensor], *, progress: bool | None = None
+) -> None:
+    """Write each allocated parameter and buffer (or its local shard) from ``sources``."""
+    from ._replay import compute_each
+
+    targets: dict[str, torch.Tensor] = dict(module.named_parameters(remove_duplicate=False))
+    targets.update(module.named_buffers(remove_duplicate=False))
+    by_storage: dict[int, list[tuple[str, LazyTensor]]] = {}
+    lazy_storages = []
+    for name, source in sources.items():
+        if isinstance(source, LazyTensor):
+            key = id(source._lazy_storage)
+            if key not in by_storage:
+                by_storage[key] = []
+                lazy_storages.append(source._lazy_storage)
+            by_storage[key].append((name, source))
+        else:
+            _write_local(targets[name], source)
+
+    def on_ready(storage: object, value: torch.UntypedStorage) -> None:
+        for name, lazy in by_storage[id(storage)]:
+            with _real_execution():
+                full = view_of(value, lazy._meta)
+            _write_local(targets[name], full)
+
+    compute_each(lazy_storages, on_ready, progress=progress)
+
+
+def _write_local(target: torch.Tensor, full: torch.Tensor) -> None:
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    with torch.no_grad():
+        if isinstance(target, DTensor):
+            mine = distribute_tensor(
+                full.to(target.device), target.device_mesh, target.placements, src_data_rank=None
+            )
+            target.to_local().copy_(mine.to_local())
+        else:
+            target.copy_(full)

@@ -1,0 +1,165 @@
+"""What every plugin shares: process-group checks, optimizer rebinding, dataloaders, checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+from ... import _rng
+from ..._lazy_tensor import LazyTensor
+from ...errors import DormantError
+
+_BOOSTED = "_dormant_boosted"
+
+
+def check_not_boosted(model: nn.Module) -> None:
+    if getattr(model, _BOOSTED, False):
+        raise DormantError(
+            f"{type(model).__name__} was already boosted; boost the original model once"
+        )
+
+
+def mark_boosted(model: nn.Module) -> None:
+    object.__setattr__(model, _BOOSTED, True)
+
+
+def require_process_group(plugin: object) -> None:
+    if not dist.is_initialized():
+        raise DormantError(
+            f"{type(plugin).__name__} needs a process group: call dormant.launch() first "
+            "(under torchrun, or alone for one process)"
+        )
+
+
+def check_same_program(model: nn.Module) -> None:
+    """Fail loudly if ranks would compute different values for the same lazy model."""
+    digest = hashlib.sha256()
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        digest.update(f"{name}{tuple(t.shape)}{t.dtype}{isinstance(t, LazyTensor)}".encode())
+    for stream in _rng._streams.values():
+        for step in stream.steps.values():
+            if step.state_before is not None:
+                digest.update(step.state_before.numpy().tobytes())
+    mine = digest.hexdigest()
+    every: list[str] = [""] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    if len(set(every)) != 1:
+        raise DormantError(
+            "ranks built the model differently or from different RNG states, so their shards "
+            "would not form one model: seed every rank the same before building "
+            "(dormant.launch(seed=...) or torch.manual_seed)"
+        )
+
+
+class Plugin:
+    """Base class of the plugins: subclasses implement :meth:`configure_model`."""
+
+    mixed_precision: str | None = None
+
+    def configure_model(self, model: nn.Module) -> nn.Module:
+        raise NotImplementedError
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        """The user's module inside whatever wrapper the engine adds."""
+        return model
+
+    # -- optimizer and data ------------------------------------------------------------------
+
+    def prepare_optimizer(
+        self, optimizer: torch.optim.Optimizer, model: nn.Module, names: dict[int, str]
+    ) -> torch.optim.Optimizer:
+        """Point an optimizer built on the original parameters at the boosted ones.
+
+        ``names`` maps ``id(original parameter)`` to its name in the module before boosting.
+        """
+        if optimizer.state:
+            raise DormantError("boost() expects an optimizer that has not stepped yet")
+        current = dict(self.unwrap(model).named_parameters(remove_duplicate=False))
+        for group in optimizer.param_groups:
+            group["params"] = [current[names[id(p)]] for p in group["params"]]
+        return optimizer
+
+    def prepare_dataloader(self, dataloader: DataLoader) -> DataLoader:
+        """The same dataloader, each rank reading its own part of the dataset."""
+        sampler: DistributedSampler[Any] = DistributedSampler(
+            dataloader.dataset, shuffle=isinstance(dataloader.sampler, RandomSampler)
+        )
+        return DataLoader(
+            dataloader.dataset,
+            batch_size=dataloader.batch_size,
+            sampler=sampler,
+            num_workers=dataloader.num_workers,
+            collate_fn=dataloader.collate_fn,
+            pin_memory=dataloader.pin_memory,
+            drop_last=dataloader.drop_last,
+        )
+
+    @contextlib.contextmanager
+    def no_sync(self, model: nn.Module) -> Iterator[None]:
+        yield
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def save_model(self, model: nn.Module, checkpoint_dir: str) -> None:
+        dcp.save(get_model_state_dict(self.unwrap(model)), checkpoint_id=checkpoint_dir)
+
+    def load_model(self, model: nn.Module, checkpoint_dir: str) -> None:
+        module = self.unwrap(model)
+        state = get_model_state_dict(module)
+        dcp.load(state, checkpoint_id=checkpoint_dir)
+        set_model_state_dict(module, state)
+
+    def save_optimizer(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, checkpoint_dir: str
+    ) -> None:
+        state = get_optimizer_state_dict(self.unwrap(model), optimizer)
+        dcp.save(state, checkpoint_id=checkpoint_dir)
+
+    def load_optimizer(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, checkpoint_dir: str
+    ) -> None:
+        module = self.unwrap(model)
+        state = get_optimizer_state_dict(module, optimizer)
+        dcp.load(state, checkpoint_id=checkpoint_dir)
+        set_optimizer_state_dict(module, optimizer, state)
+
+    def export_safetensors(self, model: nn.Module, path: str) -> None:
+        from safetensors.torch import save_file
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state: dict[str, Any] = get_model_state_dict(self.unwrap(model), options=options)
+        if dist.get_rank() == 0:
+            seen: set[int] = set()
+            unique: dict[str, torch.Tensor] = {}
+            for name, t in state.items():  # tied weights are stored once
+                if t.data_ptr() not in seen:
+                    seen.add(t.data_ptr())
+                    unique[name] = t.contiguous()
+            save_file(unique, path)
+        dist.barrier()
+
+
+def blocks(model: nn.Module) -> list[nn.Module]:
+    """The repeated blocks to shard one by one: transformers' ``_no_split_modules`` classes,
+    otherwise the members of every ``nn.ModuleList``."""
+    split: Any = getattr(model, "_no_split_modules", None)
+    if split:
+        found = [m for m in model.modules() if type(m).__name__ in set(split)]
+        if found:
+            return found
+    return [m for lst in model.modules() if isinstance(lst, nn.ModuleList) for m in lst]

@@ -1,0 +1,75 @@
+"""HybridParallelPlugin: DTensor tensor parallelism on one mesh dimension, FSDP2 on the other."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor.parallel import ParallelStyle, parallelize_module
+
+from ..._materialize import materialize
+from ..._placement import fill_local, to_meta
+from ...errors import DormantError
+from .base import Plugin, blocks, check_same_program, mark_boosted, require_process_group
+from .torch_fsdp import _DTYPES, device_type
+from .tp_plans import plan_for
+
+
+class HybridParallelPlugin(Plugin):
+    """Tensor parallelism (``parallelize_module``) times data parallelism (FSDP2).
+
+    Ranks form a ``(dp, tp)`` mesh with ``tp = tp_size``. Linear layers are split across the
+    ``tp`` dimension following ``tp_plan`` (or the model family's plan: Llama-family models from
+    their transformers config, BERT built in), then FSDP2 shards across ``dp``. ZeRO stage 3
+    reshards parameters after forward; stages 1 and 2 keep them gathered until backward.
+
+    Example::
+
+        >>> plugin = HybridParallelPlugin(tp_size=2, zero_stage=2)
+        >>> booster = Booster(plugin=plugin)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        tp_size: int,
+        zero_stage: int = 2,
+        tp_plan: dict[str, ParallelStyle] | None = None,
+    ) -> None:
+        if zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {zero_stage}")
+        self.tp_size = tp_size
+        self.zero_stage = zero_stage
+        self.tp_plan = tp_plan
+
+    def configure_model(self, model: nn.Module) -> nn.Module:
+        require_process_group(self)
+        world = dist.get_world_size()
+        if self.tp_size < 1 or world % self.tp_size:
+            raise DormantError(
+                f"tp_size={self.tp_size} does not divide the world size {world}: choose a "
+                f"divisor of {world}"
+            )
+        plan = self.tp_plan if self.tp_plan is not None else plan_for(model)
+        check_same_program(model)
+        dp = world // self.tp_size
+        mesh = init_device_mesh(device_type(), (dp, self.tp_size), mesh_dim_names=("dp", "tp"))
+        sources = to_meta(model)
+        parallelize_module(model, mesh["tp"], plan)
+        if dp > 1:
+            kwargs: dict = {"mesh": mesh["dp"], "reshard_after_forward": self.zero_stage == 3}
+            if self.mixed_precision is not None:
+                from torch.distributed.fsdp import MixedPrecisionPolicy
+
+                dtype = _DTYPES[self.mixed_precision]
+                kwargs["mp_policy"] = MixedPrecisionPolicy(dtype, torch.float32)
+            for block in blocks(model):
+                fully_shard(block, **kwargs)
+            fully_shard(model, **kwargs)
+        model.to_empty(device=device_type())
+        fill_local(model, sources)
+        del sources
+        materialize(model)
+        mark_boosted(model)
+        return model

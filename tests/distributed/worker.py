@@ -1,0 +1,239 @@
+"""Runs under torchrun: one scenario of the Booster tests, on every rank.
+
+Usage: torchrun --nproc_per_node=2 worker.py SCENARIO OUT_DIR. Each rank writes OUT_DIR/rank<k>.json
+with its findings; any exception fails the rank (and torchrun) with its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+import dormant
+from dormant import LazyInitContext, is_lazy
+from dormant.booster import Booster
+from dormant.booster.plugin import (
+    GeminiPlugin,
+    HybridParallelPlugin,
+    LowLevelZeroPlugin,
+    TorchDDPPlugin,
+    TorchFSDPPlugin,
+)
+from dormant.errors import DormantError
+
+SEED = 1234
+PLUGINS: dict[str, Callable[[], Any]] = {
+    "ddp": TorchDDPPlugin,
+    "fsdp": TorchFSDPPlugin,
+    "zero1": lambda: LowLevelZeroPlugin(stage=1),
+    "zero2": lambda: LowLevelZeroPlugin(stage=2),
+    "gemini": GeminiPlugin,
+    "hybrid_tp2": lambda: HybridParallelPlugin(tp_size=2, zero_stage=3),
+    "hybrid_tp1": lambda: HybridParallelPlugin(tp_size=1, zero_stage=2),
+}
+
+
+def llama() -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return LlamaForCausalLM(config)
+
+
+def bert() -> nn.Module:
+    from transformers import BertConfig, BertForMaskedLM
+
+    config = BertConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
+        vocab_size=128, max_position_embeddings=32,
+    )
+    return BertForMaskedLM(config)
+
+
+def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    module = model.module if hasattr(model, "module") else model
+    options = StateDictOptions(full_state_dict=True, cpu_offload=False)
+    return {k: v.detach().clone() for k, v in get_model_state_dict(module, options=options).items()}
+
+
+def train_losses(model: nn.Module, optimizer: torch.optim.Optimizer, steps: int = 2) -> list[float]:
+    torch.manual_seed(7)
+    ids = torch.randint(0, 128, (2, 12))
+    losses = []
+    for _ in range(steps):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(float(loss))
+    return losses
+
+
+def build(ctor: Callable[[], nn.Module], how: str) -> nn.Module:
+    torch.manual_seed(SEED)
+    if how == "real":
+        return ctor()
+    if how == "lazy":
+        with LazyInitContext():
+            return ctor()
+    with LazyInitContext():  # partly lazy: the first block is real
+        model = ctor()
+    dormant.materialize(next(iter(m for m in model.modules() if isinstance(m, nn.ModuleList)))[0])
+    return model
+
+
+def scenario_plugins() -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    reference = build(llama, "real")
+    ref_state = {k: v.clone() for k, v in reference.state_dict().items()}
+    ref_losses = train_losses(reference, torch.optim.SGD(reference.parameters(), lr=0.1))
+    for name, make in PLUGINS.items():
+        for how in ("lazy", "partly", "real"):
+            model = build(llama, how)
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+            model, optimizer, *_ = Booster(plugin=make()).boost(model, optimizer)
+            state = full_state(model)
+            exact = sorted(k for k in ref_state if not torch.equal(ref_state[k], state[k]))
+            losses = train_losses(model, optimizer)
+            results[f"{name}/{how}"] = {
+                "not_equal": exact,
+                "keys_match": sorted(ref_state) == sorted(state),
+                "losses": losses,
+                "ref_losses": ref_losses,
+                "lazy_left": is_lazy(model),
+            }
+            del model, optimizer
+    # BERT under tensor parallelism (built-in plan)
+    bert_ref = build(bert, "real").state_dict()
+    model = build(bert, "lazy")
+    model, *_ = Booster(plugin=HybridParallelPlugin(tp_size=2)).boost(model)
+    state = full_state(model)
+    results["hybrid_tp2/bert"] = {
+        "not_equal": sorted(k for k in bert_ref if not torch.equal(bert_ref[k], state[k])),
+        "keys_match": sorted(bert_ref) == sorted(state),
+    }
+    return results
+
+
+def scenario_errors() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+
+    def message(fn: Callable[[], Any]) -> str:
+        try:
+            fn()
+        except (DormantError, ValueError) as e:
+            return f"{type(e).__name__}: {e}"
+        return "no error"
+
+    model = build(llama, "lazy")
+    booster = Booster(plugin=TorchFSDPPlugin())
+    booster.boost(model)
+    out["twice"] = message(lambda: booster.boost(model))
+    out["tp_divides"] = message(lambda: Booster(plugin=HybridParallelPlugin(tp_size=3)).boost(build(llama, "lazy")))
+    out["no_plan"] = message(
+        lambda: Booster(plugin=HybridParallelPlugin(tp_size=2)).boost(nn.Sequential(nn.Linear(4, 4)))
+    )
+    out["ddp_mp"] = message(
+        lambda: Booster(plugin=TorchDDPPlugin(), mixed_precision="bf16").boost(build(llama, "lazy"))
+    )
+    torch.manual_seed(SEED + dist.get_rank())  # ranks disagree on the RNG state
+    with LazyInitContext():
+        skewed = llama()
+    out["different_seeds"] = message(lambda: Booster(plugin=TorchFSDPPlugin()).boost(skewed))
+    return out
+
+
+def scenario_checkpoint() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    tmp = os.environ["DORMANT_TEST_TMP"]
+    for name in ("fsdp", "ddp", "hybrid_tp2"):
+        model = build(llama, "lazy")
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        booster = Booster(plugin=PLUGINS[name]())
+        model, optimizer, *_ = booster.boost(model, optimizer)
+        train_losses(model, optimizer, steps=1)
+        before = full_state(model)
+        booster.save_model(model, f"{tmp}/{name}-model")
+        booster.save_optimizer(model, optimizer, f"{tmp}/{name}-optim")
+        booster.export_safetensors(model, f"{tmp}/{name}.safetensors")
+        # a fresh lazy model, boosted the same way, then loaded
+        other = build(llama, "lazy")
+        other_opt = torch.optim.AdamW(other.parameters(), lr=1e-3)
+        other, other_opt, *_ = Booster(plugin=PLUGINS[name]()).boost(other, other_opt)
+        booster.load_model(other, f"{tmp}/{name}-model")
+        booster.load_optimizer(other, other_opt, f"{tmp}/{name}-optim")
+        after = full_state(other)
+        from safetensors.torch import load_file
+
+        exported = load_file(f"{tmp}/{name}.safetensors")
+        out[name] = {
+            "model_roundtrip": all(torch.equal(before[k], after[k]) for k in before),
+            "export_matches": all(torch.equal(before[k], exported[k]) for k in exported),
+            "export_keys": len(exported),
+            "next_loss_equal": train_losses(model, optimizer, 1) == train_losses(other, other_opt, 1),
+        }
+    return out
+
+
+def scenario_dataloader() -> dict[str, Any]:
+    data = torch.utils.data.TensorDataset(torch.arange(10))
+    loader = torch.utils.data.DataLoader(data, batch_size=2, shuffle=False)
+    model = build(llama, "lazy")
+    _, _, _, loader, _ = Booster(plugin=TorchDDPPlugin()).boost(model, dataloader=loader)
+    seen = [int(x) for (batch,) in loader for x in batch]
+    model2 = build(llama, "lazy")
+    booster = Booster(plugin=TorchFSDPPlugin())
+    model2, *_ = booster.boost(model2)
+    with booster.no_sync(model2):
+        model2(input_ids=torch.ones(1, 4, dtype=torch.long)).logits.sum().backward()
+    return {"seen": seen, "sampler": type(loader.sampler).__name__}
+
+
+SCENARIOS = {
+    "plugins": scenario_plugins,
+    "errors": scenario_errors,
+    "checkpoint": scenario_checkpoint,
+    "dataloader": scenario_dataloader,
+}
+
+
+def main() -> None:
+    scenario, out_dir = sys.argv[1], sys.argv[2]
+    dormant.launch(seed=SEED)
+    rank = dist.get_rank()
+    try:
+        result = SCENARIOS[scenario]()
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)  # do not wait in barriers for a rank that will never come
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump(result, f)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    tempfile.tempdir = os.environ.get("DORMANT_TEST_TMP")
+    main()
