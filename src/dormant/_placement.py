@@ -134,6 +134,26 @@ def to_meta(module: nn.Module) -> dict[str, torch.Tensor]:
     return sources
 
 
+def to_empty(module: nn.Module, device: torch.device | str) -> None:
+    """``module.to_empty(device=...)``, keeping tied parameters and buffers tied.
+
+    ``nn.Module.to_empty`` makes one new tensor per place a meta tensor is held, which unties
+    weights (``lm_head.weight is embed.weight``); dormant ties them again.
+    """
+    groups: dict[int, list[tuple[nn.Module, str, str]]] = {}
+    for mod in module.modules():
+        for table_name in ("_parameters", "_buffers"):
+            for name, t in getattr(mod, table_name).items():
+                if t is not None:
+                    groups.setdefault(id(t), []).append((mod, table_name, name))
+    module.to_empty(device=device)
+    for places in groups.values():
+        first_mod, first_table, first_name = places[0]
+        first = getattr(first_mod, first_table)[first_name]
+        for mod, table_name, name in places[1:]:
+            getattr(mod, table_name)[name] = first
+
+
 def fill_local(
     module: nn.Module, sources: dict[str, torch.Tensor], *, progress: bool | None = None
 ) -> None:

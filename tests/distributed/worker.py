@@ -65,8 +65,12 @@ def bert() -> nn.Module:
     from transformers import BertConfig, BertForMaskedLM
 
     config = BertConfig(
-        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
-        vocab_size=128, max_position_embeddings=32,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=96,
+        vocab_size=128,
+        max_position_embeddings=32,
     )
     return BertForMaskedLM(config)
 
@@ -150,9 +154,13 @@ def scenario_errors() -> dict[str, Any]:
     booster = Booster(plugin=TorchFSDPPlugin())
     booster.boost(model)
     out["twice"] = message(lambda: booster.boost(model))
-    out["tp_divides"] = message(lambda: Booster(plugin=HybridParallelPlugin(tp_size=3)).boost(build(llama, "lazy")))
+    out["tp_divides"] = message(
+        lambda: Booster(plugin=HybridParallelPlugin(tp_size=3)).boost(build(llama, "lazy"))
+    )
     out["no_plan"] = message(
-        lambda: Booster(plugin=HybridParallelPlugin(tp_size=2)).boost(nn.Sequential(nn.Linear(4, 4)))
+        lambda: Booster(plugin=HybridParallelPlugin(tp_size=2)).boost(
+            nn.Sequential(nn.Linear(4, 4))
+        )
     )
     out["ddp_mp"] = message(
         lambda: Booster(plugin=TorchDDPPlugin(), mixed_precision="bf16").boost(build(llama, "lazy"))
@@ -191,7 +199,8 @@ def scenario_checkpoint() -> dict[str, Any]:
             "model_roundtrip": all(torch.equal(before[k], after[k]) for k in before),
             "export_matches": all(torch.equal(before[k], exported[k]) for k in exported),
             "export_keys": len(exported),
-            "next_loss_equal": train_losses(model, optimizer, 1) == train_losses(other, other_opt, 1),
+            "next_loss_equal": train_losses(model, optimizer, 1)
+            == train_losses(other, other_opt, 1),
         }
     return out
 

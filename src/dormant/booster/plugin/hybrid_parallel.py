@@ -10,7 +10,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor.parallel import ParallelStyle, parallelize_module
 
 from ..._materialize import materialize
-from ..._placement import fill_local, to_meta
+from ..._placement import fill_local, to_empty, to_meta
 from ...errors import DormantError
 from .base import Plugin, blocks, check_same_program, mark_boosted, require_process_group
 from .torch_fsdp import _DTYPES, device_type
@@ -67,7 +67,7 @@ class HybridParallelPlugin(Plugin):
             for block in blocks(model):
                 fully_shard(block, **kwargs)
             fully_shard(model, **kwargs)
-        model.to_empty(device=device_type())
+        to_empty(model, device_type())
         fill_local(model, sources)
         del sources
         materialize(model)

@@ -18,7 +18,7 @@ from torch.distributed.fsdp import (
 )
 
 from ..._materialize import materialize
-from ..._placement import fill_local, to_meta
+from ..._placement import fill_local, to_empty, to_meta
 from .base import (
     Plugin,
     blocks,
@@ -56,7 +56,7 @@ def shard_with_fsdp(
     for block in blocks(model):
         fully_shard(block, **kwargs)
     fully_shard(model, **kwargs)
-    model.to_empty(device="cpu" if offload else device_type())
+    to_empty(model, "cpu" if offload else device_type())
     fill_local(model, sources)
     del sources
     materialize(model)  # tensors held as plain attributes, if any are lazy

@@ -1,0 +1,111 @@
+"""Per-rank peak memory of boosting a Llama with FSDP2: lazy vs eager-built, 2 and 4 ranks.
+
+Run: python benchmarks/sharded_boost.py [--params 350M] [--repeat 3]
+Each measurement is a fresh torchrun launch; every rank reports its peak resident memory
+(ru_maxrss) minus its resident memory after imports and a warm-up, and the medians are printed
+as a markdown table with ratios to the eager-built run at the same world size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+CONFIGS = {
+    "125M": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, vocab_size=32000),
+    "350M": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=24, vocab_size=32000),
+}
+
+
+def worker(mode: str, size: str, out: str) -> None:
+    import resource
+
+    import psutil
+    import torch
+    import torch.distributed as dist
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import dormant
+    from dormant.booster import Booster
+    from dormant.booster.plugin import TorchFSDPPlugin
+
+    torch.set_num_threads(1)
+    dormant.launch(seed=0)
+    with dormant.LazyInitContext():  # warm-up: load the code both modes use
+        warm = torch.nn.Linear(2, 2)
+    dormant.materialize(warm)
+    config = LlamaConfig(num_attention_heads=16, num_key_value_heads=16, **CONFIGS[size])
+    before = psutil.Process().memory_info().rss
+    start = time.perf_counter()
+    if mode == "lazy":
+        with dormant.LazyInitContext():
+            model = LlamaForCausalLM(config)
+    else:
+        model = LlamaForCausalLM(config)
+    model, *_ = Booster(plugin=TorchFSDPPlugin()).boost(model)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    params = sum(p.numel() for p in model.parameters())  # local shards
+    total = torch.tensor([params])
+    dist.all_reduce(total)
+    with open(f"{out}/rank{dist.get_rank()}.json", "w") as f:
+        json.dump({"peak": peak, "seconds": seconds, "model_bytes": int(total) * 4}, f)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def measure(mode: str, size: str, nproc: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as out:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+               "--standalone", __file__, "--worker", mode, size, out]  # fmt: skip
+        subprocess.run(cmd, check=True, env=env, capture_output=True)
+        ranks = []
+        for r in range(nproc):
+            with open(f"{out}/rank{r}.json") as f:
+                ranks.append(json.load(f))
+    return {
+        "peak": max(r["peak"] for r in ranks),
+        "seconds": max(r["seconds"] for r in ranks),
+        "model_bytes": ranks[0]["model_bytes"],
+    }
+
+
+def main() -> None:
+    if sys.argv[1:2] == ["--worker"]:
+        worker(*sys.argv[2:5])
+        return
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--params", choices=sorted(CONFIGS), default="350M")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    mib = 2**20
+    print(
+        f"FSDP2 boost of a {args.params} Llama (fp32), per-rank peak RSS, median of {args.repeat}"
+    )
+    print()
+    print("| ranks | built | per-rank peak MiB | vs eager-built | model / ranks MiB | boost s |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for nproc in (2, 4):
+        runs = {
+            m: [measure(m, args.params, nproc) for _ in range(args.repeat)]
+            for m in ("eager", "lazy")
+        }
+        med = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for m, rs in runs.items()}
+        for mode in ("eager", "lazy"):
+            m = med[mode]
+            ratio = m["peak"] / med["eager"]["peak"]
+            print(
+                f"| {nproc} | {mode} | {m['peak'] / mib:.0f} | {ratio:.2f}x "
+                f"| {m['model_bytes'] / nproc / mib:.0f} | {m['seconds']:.2f} |"
+            )
+
+
+if __name__ == "__main__":
+    main()
