@@ -152,6 +152,9 @@ class Factories(nn.Module):
             "as_tensor": torch.as_tensor([1, 2, 3]),
             "from_numpy": torch.from_numpy(np.arange(4.0)),
             "legacy_tensor": torch.Tensor(2, 3).fill_(1.5),
+            "legacy_1d": torch.Tensor(4).uniform_(),
+            "legacy_3d": torch.Tensor(2, 3, 4).normal_(),
+            "legacy_list": torch.Tensor([1.0, 2.0]),
             "legacy_float": torch.FloatTensor(2, 3).normal_(),
             "legacy_long": torch.LongTensor([4, 5]),
             "empty_strided": torch.empty_strided((2, 3), (1, 2)).uniform_(),
@@ -197,7 +200,17 @@ class DataDependent(nn.Module):
         self.int_value = int(torch.tensor(41) + 1)
 
 
+class Recurrent(nn.Module):
+    """Recurrent layers, which hold weak references to their weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(4, 6, num_layers=2, bidirectional=True)
+        self.gru = nn.GRU(12, 3)
+
+
 PATTERNS = [
+    Recurrent,
     TwoLazyOperands,
     DataFromItself,
     WritesThroughViews,

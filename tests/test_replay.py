@@ -149,3 +149,11 @@ def test_old_version_of_a_storage_needed_after_it_changed() -> None:
     materialize(lazy.b)  # b still needs a's old version
     assert not differences(eager, lazy)
     assert lazy.b.weight.abs().sum() > 0
+
+
+def test_recurrent_layers_run_after_materializing() -> None:
+    from models import Recurrent
+
+    eager, lazy = build_pair(Recurrent)
+    x = torch.randn(5, 2, 4)
+    assert torch.equal(eager.gru(eager.lstm(x)[0])[0], lazy.gru(lazy.lstm(x)[0])[0])

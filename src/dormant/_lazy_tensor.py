@@ -46,7 +46,9 @@ class LazyTensor(torch.Tensor):
         t._lazy_storage = storage
         return t
 
-    def __init__(self, meta: torch.Tensor, storage: LazyStorage) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Python calls __init__ with the caller's arguments when a LazyTensor comes back from
+        # ``torch.Tensor(4)`` (a legacy constructor): there is nothing to do with them.
         super().__init__()
 
     @classmethod

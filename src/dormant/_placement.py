@@ -9,6 +9,7 @@ real values.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -81,7 +82,7 @@ def install(
             if key not in INTERNAL_ATTRS:
                 new.__dict__[key] = value
         try:
-            torch.utils.swap_tensors(t, new)
+            _swap(t, new)
             del new  # now the lazy shell: drop it, and the references it held, at once
         except RuntimeError as e:
             raise MaterializationError(
@@ -96,6 +97,23 @@ def install(
         # share it, as views do in eager.
         storage.cache, storage.cache_version = values[id(storage)], storage.version
         done.append(name)
+
+
+def _swap(t: torch.Tensor, new: torch.Tensor) -> None:
+    """``torch.utils.swap_tensors``, also for tensors that something holds weak references to.
+
+    ``swap_tensors`` refuses those (``nn.LSTM`` keeps weak references to its weights). The
+    swap keeps the Python object, so the weak references stay valid and now see the real
+    tensor: dormant performs the same steps without that one check.
+    """
+    if not weakref.getweakrefs(t):
+        torch.utils.swap_tensors(t, new)
+        return
+    if t._use_count() > 1 or new._use_count() > 1:
+        torch.utils.swap_tensors(t, new)  # raises its own, precise error
+    t.__class__, new.__class__ = new.__class__, t.__class__
+    t.__dict__, new.__dict__ = new.__dict__, t.__dict__
+    torch._C._swap_tensor_impl(t, new)
 
 
 # --- sharded placement ---------------------------------------------------------------------------
