@@ -13,20 +13,24 @@ from ._context import LazyInitContext
 from ._lazy_tensor import LazyTensor
 from ._materialize import is_lazy, materialize
 from ._report import MaterializeReport
+from .checkpoint import CheckpointError, LoadResult, load_checkpoint
 from .errors import DormantError, LazyTensorError, MaterializationError, UnsupportedOpError
 from .launch import launch
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointError",
     "DormantError",
     "LazyInitContext",
     "LazyTensor",
     "LazyTensorError",
+    "LoadResult",
     "MaterializationError",
     "MaterializeReport",
     "UnsupportedOpError",
     "is_lazy",
     "launch",
+    "load_checkpoint",
     "materialize",
 ]

@@ -109,7 +109,7 @@ def _swap(t: torch.Tensor, new: torch.Tensor) -> None:
     if not weakref.getweakrefs(t):
         torch.utils.swap_tensors(t, new)
         return
-    if t._use_count() > 1 or new._use_count() > 1:
+    if t._use_count() > 1 or new._use_count() > 1:  # type: ignore[attr-defined]
         torch.utils.swap_tensors(t, new)  # raises its own, precise error
     t.__class__, new.__class__ = new.__class__, t.__class__
     t.__dict__, new.__dict__ = new.__dict__, t.__dict__

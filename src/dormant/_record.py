@@ -232,7 +232,25 @@ def record_op(
         )
     if _returns_values(func) and packet not in _METADATA_QUERIES:
         return _run_forced(func, args, kwargs, in_context)
+    if _writes_real_tensor(func, args, kwargs):
+        # ``real.copy_(lazy)``: the real tensor must hold the value now.
+        return _run_forced(func, args, kwargs, in_context)
     return _record(func, args, kwargs, tensors)
+
+
+def _writes_real_tensor(
+    func: torch._ops.OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> bool:
+    _, mutated, _ = _schema_info(func)
+    if not mutated:
+        return False
+    bound = _bind(func, args, kwargs)
+    for name in mutated:
+        value = bound.get(name)
+        for t in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(t, torch.Tensor) and not isinstance(t, LazyTensor):
+                return True
+    return False
 
 
 def _record(

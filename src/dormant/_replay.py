@@ -32,6 +32,8 @@ from ._graph import Constant, EarlyRecord, LazyStorage, Node, TensorRef, Write
 from ._lazy_tensor import LazyTensor, describe
 from .errors import LazyTensorError, MaterializationError
 
+_COPY = torch.ops.aten.copy_.default
+
 
 def view_of(storage: torch.UntypedStorage, meta: torch.Tensor) -> torch.Tensor:
     """A real tensor over ``storage`` with the geometry of ``meta``."""
@@ -72,7 +74,8 @@ class _Pass:
     """One replay pass (see the module docstring)."""
 
     def __init__(self, targets: list[LazyStorage]) -> None:
-        self.targets = {id(s): s for s in targets}
+        self.targets = {id(s): s for s in targets}  # not yet handed over
+        self.target_ids = frozenset(self.targets)
         # Use an early value only if the pass needs no version older than it.
         self.usable = self._usable_caches(self._oldest_needed(targets))
         self.run: dict[Node, None] = {}
@@ -220,16 +223,20 @@ class _Pass:
                 gen.set_state(step.state_before)
             else:
                 step.state_before = gen.get_state()
-        args = [
-            self._argument(node, x, real) if isinstance(x, TensorRef) else x for x in node.flat_args
-        ]
-        call_args, call_kwargs = tree_unflatten(args, node.spec)
-        try:
-            out = node.op(*call_args, **call_kwargs)
-        except Exception as e:
-            raise MaterializationError(
-                f"replaying {node.label} failed: {type(e).__name__}: {e}"
-            ) from e
+        if real and self._move_instead_of_copy(node):
+            out = None
+        else:
+            args = [
+                self._argument(node, x, real) if isinstance(x, TensorRef) else x
+                for x in node.flat_args
+            ]
+            call_args, call_kwargs = tree_unflatten(args, node.spec)
+            try:
+                out = node.op(*call_args, **call_kwargs)
+            except Exception as e:
+                raise MaterializationError(
+                    f"replaying {node.label} failed: {type(e).__name__}: {e}"
+                ) from e
         if step is not None and step.stream.is_last(step):
             step.stream.end_state = step.stream.generator.get_state()
         if real:
@@ -240,6 +247,33 @@ class _Pass:
                 if s is not None and id(s) in self.values:
                     self._version_now[id(s)] = w.version
                     self._hand_over_if_done(s)
+
+    def _move_instead_of_copy(self, node: Node) -> bool:
+        """``dst.copy_(src)`` over a whole fresh storage, from a source nothing reads later: hand
+        the source's memory to the destination instead of allocating and copying (loading from
+        a checkpoint, ``w.data.copy_(init)``)."""
+        if node.op is not _COPY or len(node.writes) != 1 or len(node.reads) != 1:
+            return False
+        write, source = node.writes[0], node.reads[0]
+        dst, src = write.storage, source.storage
+        if dst is None or src is None or write.keeps_base or write.ref is None:
+            return False
+        a, b = write.ref.meta, source.meta
+        if (
+            id(dst) in self.values
+            or write.version not in self.need.get(id(dst), ())
+            or id(src) not in self.values
+            or id(src) in self.target_ids
+            or id(src) in self.usable  # an early or handed-out value: someone else holds it
+            or self.uses.get(id(src)) != 1
+            or src.nbytes != dst.nbytes
+            or src.device != dst.device
+            or (a.dtype, a.shape, a.stride(), a.storage_offset())
+            != (b.dtype, b.shape, b.stride(), b.storage_offset())
+        ):
+            return False
+        self.values[id(dst)] = self.values[id(src)]
+        return True
 
     def _argument(self, node: Node, ref: TensorRef, real: bool) -> torch.Tensor:
         meta = ref.meta
@@ -265,7 +299,7 @@ class _Pass:
 
     def _keep_outputs(self, node: Node, out: Any) -> None:
         outputs = [w for w in node.writes if w.output_index is not None]
-        if not outputs:
+        if not outputs or out is None:
             return
         flat = tree_flatten(out)[0]
         for w in outputs:
