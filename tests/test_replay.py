@@ -157,3 +157,25 @@ def test_recurrent_layers_run_after_materializing() -> None:
     eager, lazy = build_pair(Recurrent)
     x = torch.randn(5, 2, 4)
     assert torch.equal(eager.gru(eager.lstm(x)[0])[0], lazy.gru(lazy.lstm(x)[0])[0])
+
+
+def test_ops_that_check_values_run_and_raise_as_in_eager() -> None:
+    class Chol(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            a = torch.randn(4, 4)
+            self.register_buffer("chol", torch.linalg.cholesky(a @ a.T + torch.eye(4)))
+
+    assert_same(*build_pair(Chol))
+    with LazyInitContext(), pytest.raises(torch.linalg.LinAlgError):
+        torch.linalg.cholesky(-torch.eye(3))  # not positive-definite: raises at once, as eager
+
+
+def test_parametrizations_stay_lazy() -> None:
+    from dormant._materialize import materialize_with_report
+    from models import Reparametrized
+
+    with LazyInitContext():
+        m = Reparametrized()
+    report = materialize_with_report(m)
+    assert report.early == [] and report.lazy_rate == 1.0

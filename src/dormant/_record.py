@@ -88,6 +88,7 @@ _METADATA_QUERIES = {
     aten.numel,
     aten.dim,
     aten.is_contiguous,
+    aten._has_compatible_shallow_copy_type,
 }
 
 _RANDOM_EXTRA = {aten.native_dropout, aten.rrelu_with_noise}
@@ -198,8 +199,13 @@ def _normalize(device: torch.device) -> torch.device:
 
 @functools.cache
 def _returns_values(func: torch._ops.OpOverload) -> bool:
-    """Whether the op returns Python values (``.item()``, ``equal``) rather than tensors."""
-    return any("Tensor" not in str(r.type) for r in func._schema.returns)
+    """Whether the op returns Python values (``.item()``, ``equal``) rather than tensors, or
+    nothing at all while mutating nothing: a check on values (``_linalg_check_errors``) that
+    must run now to raise where eager raises."""
+    schema = func._schema
+    if not schema.returns:
+        return not any(a.alias_info is not None and a.alias_info.is_write for a in schema.arguments)
+    return any("Tensor" not in str(r.type) for r in schema.returns)
 
 
 @functools.cache
