@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -68,6 +69,53 @@ class _Scratch:
         if buf is None or buf.numel() < extent:
             buf = self.buffers[key] = torch.empty(extent, dtype=meta.dtype, device=device)
         return buf.as_strided(meta.shape, meta.stride(), 0)
+
+
+class _Prefetcher:
+    """Allocates and touches the memory of fresh CPU storages on a second thread.
+
+    Writing a new tensor first pays a page fault per 4 KiB page; eager construction pays them
+    inside the init kernels. Replay knows which storages it will fill next, so a helper thread
+    faults their pages in while the main thread draws random numbers. It stays at most
+    ``ahead`` bytes ahead, so streaming passes (sharded placement) still hold little at once.
+    """
+
+    def __init__(self, storages: list[LazyStorage], ahead: int = 256 * 2**20) -> None:
+        self.order = [s for s in storages if s.device.type == "cpu"]
+        self.ready: dict[int, threading.Event] = {id(s): threading.Event() for s in self.order}
+        self.buffers: dict[int, torch.UntypedStorage] = {}
+        self.budget = threading.Semaphore(max(1, ahead // (1 << 20)))
+        self.cost = {id(s): max(1, min(s.nbytes >> 20, ahead >> 20)) for s in self.order}
+        self.stop = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        if self.order:
+            self.thread.start()
+
+    def _run(self) -> None:
+        for s in self.order:
+            for _ in range(self.cost[id(s)]):
+                self.budget.acquire()
+            if self.stop:
+                return
+            buf = _allocate(s)
+            with torch.no_grad():
+                torch.empty(0, dtype=torch.uint8).set_(buf)[::4096].zero_()  # fault every page
+            self.buffers[id(s)] = buf
+            self.ready[id(s)].set()
+
+    def take(self, s: LazyStorage) -> torch.UntypedStorage:
+        event = self.ready.get(id(s))
+        if event is None:
+            return _allocate(s)
+        event.wait()
+        for _ in range(self.cost[id(s)]):
+            self.budget.release()
+        return self.buffers.pop(id(s))
+
+    def close(self) -> None:
+        self.stop = True
+        for _ in range(len(self.order) * 256):
+            self.budget.release()
 
 
 class _Pass:
@@ -177,6 +225,7 @@ class _Pass:
         self.uses = self._count_uses()
         self.scratch = _Scratch()
         self.on_ready = on_ready
+        self.prefetch = _Prefetcher(self._fresh_targets())
         saved: dict[_rng.RngStream, torch.Tensor] = {}
         bar = _progress_bar(len(items), progress)
         try:
@@ -188,11 +237,31 @@ class _Pass:
                     bar.update(1)
             self._advance_caches()
         finally:
+            self.prefetch.close()
             bar.close()
             for stream, state in saved.items():
                 stream.generator.set_state(state)
         if self.targets:
             raise AssertionError(f"replay did not produce {len(self.targets)} storages")
+
+    def _fresh_targets(self) -> list[LazyStorage]:
+        """Targets whose first write in this pass fills new memory, in the order written."""
+        fresh: list[tuple[int, LazyStorage]] = []
+        for key, s in self.targets.items():
+            if key in self.usable:
+                continue
+            first = min(self.need[key])
+            writer = s.writers[first - 1]
+            write = _write_of(writer, s, first)
+            # (a whole-storage copy_ usually takes its source's memory instead)
+            if (
+                write.output_index is None
+                and not write.keeps_base
+                and writer in self.run
+                and writer.op is not _COPY
+            ):
+                fresh.append((writer.seq, s))
+        return [s for _, s in sorted(fresh, key=lambda item: item[0])]
 
     def _hand_over_if_done(self, s: LazyStorage) -> None:
         key = id(s)
@@ -294,7 +363,7 @@ class _Pass:
             return self.scratch.like(meta, device)
         buf = self.values.get(id(s))
         if buf is None:
-            buf = self.values[id(s)] = _allocate(s)
+            buf = self.values[id(s)] = self.prefetch.take(s)
         return view_of(buf, meta)
 
     def _keep_outputs(self, node: Node, out: Any) -> None:
