@@ -19,9 +19,15 @@ class _State:
     owner: int | None = None  # thread that records
     depth = 0
     device: torch.device | None = None
+    rng = "exact"
 
 
 _state = _State()
+
+
+def rng_mode() -> str:
+    """``"exact"`` or ``"fast"``: how the active context records random ops."""
+    return _state.rng
 
 
 def recording_active() -> bool:
@@ -79,6 +85,13 @@ class LazyInitContext:
             where materialization computes them: ``None`` (cpu), a string, an int (a CUDA index)
             or a ``torch.device``. Equivalent to eager construction under ``with
             torch.device(default_device):``.
+        rng: ``"exact"`` (default): random values equal eager construction's, which means
+            replaying draws that later code overwrote (into scratch memory, without keeping
+            them). ``"fast"``: each random op draws from its own generator state, derived from
+            the generator's state at entry and the op's position in the model code, so
+            overwritten draws are skipped entirely. Values then differ from eager but are the
+            same for a given seed and model code, whatever the world size, sharding or
+            materialization order.
 
     Example::
 
@@ -91,8 +104,13 @@ class LazyInitContext:
         >>> _ = materialize(model)
     """
 
-    def __init__(self, default_device: str | int | torch.device | None = None) -> None:
+    def __init__(
+        self, default_device: str | int | torch.device | None = None, rng: str = "exact"
+    ) -> None:
+        if rng not in ("exact", "fast"):
+            raise ValueError(f"LazyInitContext(rng=...) must be 'exact' or 'fast', got {rng!r}")
         self.default_device = _normalize_device(default_device)
+        self.rng = rng
         self._entered: list[Any] = []
 
     def __enter__(self) -> LazyInitContext:
@@ -104,15 +122,17 @@ class LazyInitContext:
                     "on one thread at a time"
                 )
             if _state.owner == me:
-                if self.default_device != _state.device:
+                if (self.default_device, self.rng) != (_state.device, _state.rng):
                     raise RuntimeError(
-                        f"nested LazyInitContext(default_device={str(self.default_device)!r}) "
-                        f"inside one with default_device={str(_state.device)!r}"
+                        f"nested LazyInitContext(default_device={str(self.default_device)!r}, "
+                        f"rng={self.rng!r}) inside one with default_device="
+                        f"{str(_state.device)!r}, rng={_state.rng!r}"
                     )
                 _state.depth += 1
                 self._entered.append(None)
                 return self
             _state.owner, _state.depth, _state.device = me, 1, self.default_device
+            _state.rng = self.rng
         _rng.start_segments()
         try:
             modes: list[Any] = []
@@ -136,6 +156,7 @@ class LazyInitContext:
         finally:
             with _lock:
                 _state.owner, _state.depth, _state.device = None, 0, None
+                _state.rng = "exact"
 
     def __exit__(
         self,

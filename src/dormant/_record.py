@@ -420,8 +420,10 @@ def _alias_per_leaf(meta_out: Any, returns: list[Any]) -> list[Any]:
 
 
 def _attach_rng(node: Node, bound: dict[str, Any], device: torch.device) -> None:
+    from ._context import rng_mode
+
     stream = _rng.stream_for(bound.get("generator"), device)
-    node.rng = stream.append(node)
+    node.rng = stream.fast_step(node) if rng_mode() == "fast" else stream.append(node)
 
 
 def _keep_forced(storage: LazyStorage, value: torch.Tensor, op: str) -> None:

@@ -186,7 +186,7 @@ class _Pass:
             added: list[Node] = []
             by_stream: dict[_rng.RngStream, list[int]] = defaultdict(list)
             for node in self.run:
-                if node.rng is not None:
+                if node.rng is not None and node.rng.index >= 0:  # fast steps stand alone
                     by_stream[node.rng.stream].append(node.rng.index)
             for stream, indices in by_stream.items():
                 reached: int | None = None  # last step whose end state the pass will have

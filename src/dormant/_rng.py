@@ -23,6 +23,7 @@ differ in one context, or seed in between.
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING
 
 import torch
@@ -76,6 +77,23 @@ class RngStream:
         self.end_state = None
         self.steps[step.index] = step
         self.next_index += 1
+        return step
+
+    def fast_step(self, node: Node) -> RngStep:
+        """A step for ``rng="fast"``: its own state, derived from the generator's state and the
+        step's position, so nothing before it needs to be replayed (index -1: not in order)."""
+        current = self.generator.get_state()
+        if self.new_segment or not torch.equal(current, self.untouched):
+            self.untouched = current
+            self.new_segment = False
+            self.fast_count = 0
+        self.fast_count = getattr(self, "fast_count", 0) + 1
+        digest = hashlib.blake2b(self.untouched.numpy().tobytes(), digest_size=8)
+        digest.update(self.fast_count.to_bytes(8, "little"))
+        derived = torch.Generator(device=self.generator.device)
+        derived.manual_seed(int.from_bytes(digest.digest(), "little") >> 1)
+        step = RngStep(self, -1, node)
+        step.state_before = derived.get_state()
         return step
 
     def step_at(self, index: int) -> RngStep:
