@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
+import pytest
 import torch
 from torch import nn
 
+import dormant._replay as replay
 from dormant import LazyInitContext, materialize
 from dormant._materialize import materialize_with_report
 from dormant._placement import module_tensors
@@ -62,6 +65,21 @@ def _tie_groups(module: nn.Module) -> set[tuple[str, ...]]:
 def assert_same(eager: nn.Module, lazy: nn.Module) -> None:
     bad = differences(eager, lazy)
     assert not bad, f"not bit-identical to eager: {bad[:10]} ({len(bad)} in all)"
+
+
+def random_ops_computed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """A list that collects the random ops (``normal_``, ``uniform_``) replay computes for real,
+    from now until the test ends."""
+    computed: list[str] = []
+    execute = replay._Pass._execute
+
+    def spy(self: Any, node: Any, real: bool, saved: Any) -> None:
+        if real and ("normal_" in node.label or "uniform_" in node.label):
+            computed.append(node.label)
+        execute(self, node, real, saved)
+
+    monkeypatch.setattr(replay._Pass, "_execute", spy)
+    return computed
 
 
 @contextlib.contextmanager

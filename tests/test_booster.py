@@ -90,6 +90,15 @@ def test_dataloader_is_split_across_ranks(tmp_path: Path) -> None:
     assert sorted(rank0["seen"] + rank1["seen"]) == list(range(10))
 
 
+def test_lazy_from_pretrained_boosts_to_the_checkpoint_values(tmp_path: Path) -> None:
+    for results in run_ranks("pretrained", tmp_path):
+        assert results["shards"] > 2
+        for plugin in ("fsdp", "hybrid_tp2", "ddp"):
+            r = results[plugin]
+            assert r["all_lazy_before_boost"], plugin
+            assert r["keys_match"] and r["not_equal"] == [], (plugin, r)
+
+
 def test_plugin_without_process_group_says_to_launch() -> None:
     assert not torch.distributed.is_initialized()
     with pytest.raises(DormantError, match=r"call dormant\.launch\(\) first"):

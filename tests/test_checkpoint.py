@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_same
+from helpers import assert_same, random_ops_computed
 from safetensors.torch import save_file
 from torch import nn
 
-import dormant._replay as replay
 from dormant import CheckpointError, LazyInitContext, is_lazy, load_checkpoint, materialize
 
 
@@ -92,20 +91,11 @@ def test_loaded_tensors_are_never_randomly_initialised(
     with LazyInitContext():
         model = Net()
     load_checkpoint(model, tmp_path / "m.safetensors", strict=False)
-    computed: list[str] = []
-    execute = replay._Pass._execute
-
-    def spy(self, node, real, saved):  # type: ignore[no-untyped-def]
-        if real:
-            computed.append(node.label)
-        execute(self, node, real, saved)
-
-    monkeypatch.setattr(replay._Pass, "_execute", spy)
+    random_ops = random_ops_computed(monkeypatch)
     materialize(model)
     assert_same(eager_reference(state, drop), model)
-    random_ops = [label for label in computed if "uniform_" in label or "normal_" in label]
     # Only the two missing tensors are computed from random numbers; the rest are read.
-    assert len(random_ops) == 2, computed
+    assert len(random_ops) == 2, random_ops
 
 
 def test_mismatches_are_listed_and_nothing_is_loaded(tmp_path: Path) -> None:
@@ -126,21 +116,6 @@ def test_mismatches_are_listed_and_nothing_is_loaded(tmp_path: Path) -> None:
     materialize(model)  # untouched: the model's own initialization
     torch.manual_seed(0)
     assert_same(Net(), model)
-
-
-def test_from_pretrained_inside_the_context_gives_the_library_values(tmp_path: Path) -> None:
-    transformers = pytest.importorskip("transformers")
-    config = transformers.LlamaConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path)
-    reference = transformers.LlamaForCausalLM.from_pretrained(tmp_path)
-    with LazyInitContext():
-        model = transformers.LlamaForCausalLM.from_pretrained(tmp_path)
-    materialize(model)
-    assert_same(reference, model)
 
 
 PEAK_PROBE = textwrap.dedent(

@@ -4,6 +4,7 @@ costs no storage."""
 from __future__ import annotations
 
 import gc
+from pathlib import Path
 
 import psutil
 import pytest
@@ -39,6 +40,41 @@ def test_from_numpy_keeps_the_data_without_copying_at_build() -> None:
     holder.register_buffer("t", t)
     materialize(holder)
     assert torch.equal(holder.t, torch.arange(6.0, dtype=torch.float64))
+
+
+def test_tensors_over_existing_storage_stay_lazy(tmp_path: Path) -> None:
+    # torch.asarray(storage) is how safetensors hands out memory-mapped tensors.
+    data = torch.arange(8, dtype=torch.float32)
+    data.numpy().tofile(tmp_path / "data.bin")
+    storage = torch.UntypedStorage.from_file(str(tmp_path / "data.bin"), shared=False, nbytes=32)
+    with LazyInitContext():
+        t = torch.asarray(storage, dtype=torch.uint8).view(torch.float32).reshape(2, 4)
+    assert isinstance(t, LazyTensor) and t.shape == (2, 4)
+    holder = nn.Module()
+    holder.register_buffer("t", t)
+    materialize(holder)
+    assert torch.equal(holder.t, data.reshape(2, 4))
+
+
+def test_like_factories_from_meta_onto_a_device_are_lazy() -> None:
+    # Libraries build on meta, then give keys a checkpoint lacks real storage this way.
+    meta = torch.empty(3, 4, device="meta")
+    with LazyInitContext():
+        t = torch.empty_like(meta, device="cpu")
+        still_meta = torch.empty_like(meta)
+    assert isinstance(t, LazyTensor) and t.device.type == "cpu"
+    assert type(still_meta) is torch.Tensor and still_meta.is_meta
+
+
+def test_parameter_remade_from_its_own_class_keeps_user_attributes() -> None:
+    # accelerate's init_empty_weights: ``type(param)(tensor, **param.__dict__)``
+    with LazyInitContext():
+        layer = nn.Linear(2, 3)
+        layer.weight.tag = "mine"
+        old = layer.weight
+        remade = type(old)(old.to("meta"), **old.__dict__)
+    assert isinstance(remade, nn.Parameter) and remade.tag == "mine"
+    assert remade.shape == (3, 2)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.int64])

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
@@ -46,6 +49,26 @@ class _RecordingMode(TorchDispatchMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         return record_op(func, args, kwargs or {}, in_context=True)
+
+
+# transformers' ``from_pretrained`` reads checkpoint tensors on worker threads, where this
+# thread's recording mode does not apply: they would load for real. Loading on the recording
+# thread keeps them lazy (read at materialization, and only the slices a rank keeps).
+_LIBRARY_SETTINGS = {"HF_DEACTIVATE_ASYNC_LOAD": "1"}
+
+
+@contextlib.contextmanager
+def _library_settings() -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in _LIBRARY_SETTINGS}
+    os.environ.update(_LIBRARY_SETTINGS)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _normalize_device(device: str | int | torch.device | None) -> torch.device:
@@ -138,6 +161,7 @@ class LazyInitContext:
             modes: list[Any] = []
             if self.default_device.type != "cpu":
                 modes.append(torch.device(self.default_device))
+            modes.append(_library_settings())
             modes.append(_RecordingMode())
             for mode in modes:
                 mode.__enter__()

@@ -31,7 +31,13 @@ class LazyTensor(torch.Tensor):
     _lazy_storage: LazyStorage
 
     @staticmethod
-    def __new__(cls, meta: torch.Tensor, storage: LazyStorage) -> LazyTensor:
+    def __new__(
+        cls, meta: torch.Tensor, storage: LazyStorage | None = None, **attrs: Any
+    ) -> LazyTensor:
+        if storage is None:
+            # ``type(param)(tensor, **param.__dict__)``: library code (accelerate's
+            # ``init_empty_weights``) re-making a parameter of the same class as an old one.
+            return _reparameter(meta, attrs)
         t = torch.Tensor._make_wrapper_subclass(
             cls,
             meta.size(),
@@ -188,3 +194,11 @@ def _reduce_ex(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         tensor=describe(args[0]),
         op="pickle",
     )
+
+
+def _reparameter(data: torch.Tensor, attrs: dict[str, Any]) -> Any:
+    param = torch.nn.Parameter(data, requires_grad=attrs.pop("requires_grad", True))
+    for key, value in attrs.items():
+        if key not in INTERNAL_ATTRS:
+            setattr(param, key, value)
+    return param

@@ -228,7 +228,7 @@ def record_op(
         # Real inputs only: a factory inside the context is lazy, anything else runs for real.
         device = kwargs.get("device")
         to_meta = device is not None and torch.device(device).type == "meta"
-        if not (in_context and not tensors and _is_factory_schema(func)) or to_meta:
+        if to_meta or not (in_context and _creates_tensor(func, tensors, device)):
             return func(*args, **kwargs)
     if packet in _METADATA_INPLACE:
         raise UnsupportedOpError(
@@ -242,6 +242,19 @@ def record_op(
         # ``real.copy_(lazy)``: the real tensor must hold the value now.
         return _run_forced(func, args, kwargs, in_context)
     return _record(func, args, kwargs, tensors)
+
+
+def _creates_tensor(func: torch._ops.OpOverload, tensors: list[torch.Tensor], device: Any) -> bool:
+    """A factory, or a ``*_like`` factory that moves a meta tensor's shape to a real device
+    (``torch.empty_like(meta_param, device="cpu")``, as libraries do for keys a checkpoint
+    lacks)."""
+    if not tensors:
+        return _is_factory_schema(func)
+    return (
+        device is not None
+        and func.overloadpacket.__name__.endswith("_like")
+        and all(t.device.type == "meta" for t in tensors)
+    )
 
 
 def _writes_real_tensor(
@@ -492,6 +505,14 @@ def _set_source(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], in_con
     # ``dest.set_(src)`` (used by torch.nn.utils.parametrize) makes ``dest`` a view of ``src``'s
     # storage, like ``dest.data = src``.
     dest, source = args[0], kwargs.get("source", args[1] if len(args) > 1 else None)
+    if isinstance(dest, LazyTensor) and isinstance(source, torch.UntypedStorage):
+        # ``torch.asarray(storage)`` and safetensors' readers wrap existing (often memory-mapped)
+        # bytes: the tensor stays lazy as a constant over them, read at materialization.
+        with torch._C._DisableTorchDispatch():
+            real = torch.empty(0, dtype=dest.dtype, device=source.device)
+            func(real, *args[1:], **kwargs)
+        set_data(dest, _constant(real))
+        return dest
     if func is not aten.set_.source_Tensor or not isinstance(dest, LazyTensor):
         if isinstance(dest, LazyTensor):
             raise UnsupportedOpError(

@@ -219,7 +219,32 @@ def scenario_dataloader() -> dict[str, Any]:
     return {"seen": seen, "sampler": type(loader.sampler).__name__}
 
 
+def scenario_pretrained() -> dict[str, Any]:
+    """from_pretrained inside LazyInitContext, boosted: equal to the eager from_pretrained."""
+    from transformers import AutoModelForCausalLM
+
+    path = os.path.join(os.environ["DORMANT_TEST_TMP"], "pretrained")
+    if dist.get_rank() == 0:
+        build(llama, "real").save_pretrained(path, max_shard_size="100KB")  # sharded, indexed
+    dist.barrier()
+    reference = AutoModelForCausalLM.from_pretrained(path).state_dict()
+    out: dict[str, Any] = {"shards": len([f for f in os.listdir(path) if "safetensors" in f])}
+    for name in ("fsdp", "hybrid_tp2", "ddp"):
+        with LazyInitContext():
+            model = AutoModelForCausalLM.from_pretrained(path)
+        all_lazy = all(is_lazy(t) for t in model.state_dict().values())
+        model, *_ = Booster(plugin=PLUGINS[name]()).boost(model)
+        state = full_state(model)
+        out[name] = {
+            "all_lazy_before_boost": all_lazy,
+            "keys_match": state.keys() == reference.keys(),
+            "not_equal": [k for k in reference if not torch.equal(state[k], reference[k])],
+        }
+    return out
+
+
 SCENARIOS = {
+    "pretrained": scenario_pretrained,
     "plugins": scenario_plugins,
     "errors": scenario_errors,
     "checkpoint": scenario_checkpoint,

@@ -1,0 +1,97 @@
+"""Libraries' own from_pretrained inside LazyInitContext: a lazy model, the library's values.
+
+Each checkpoint is written by the test (``save_pretrained``, ``torch.save``) into a temporary
+directory. The reference is the same ``from_pretrained`` call without the context, from the
+same RNG state, so keys the checkpoint lacks are initialised the library's way in both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import assert_same, random_ops_computed, rng_unchanged
+
+from dormant import LazyInitContext, is_lazy, materialize
+
+transformers = pytest.importorskip("transformers")
+
+
+def llama_config(**kwargs: object) -> object:
+    return transformers.LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        **kwargs,
+    )  # fmt: skip
+
+
+def save_checkpoint(kind: str, root: Path) -> Path:
+    torch.manual_seed(0)
+    untied = llama_config(tie_word_embeddings=False)
+    if kind == "safetensors":
+        transformers.LlamaForCausalLM(llama_config()).save_pretrained(root)
+    elif kind == "sharded":  # several files and model.safetensors.index.json
+        transformers.LlamaForCausalLM(untied).save_pretrained(root, max_shard_size="20KB")
+    elif kind == "bin":  # pytorch_model.bin, the torch.save format
+        model = transformers.LlamaForCausalLM(untied)
+        model.config.save_pretrained(root)
+        torch.save(model.state_dict(), root / "pytorch_model.bin")
+    elif kind == "missing lm_head":  # a base model's checkpoint loaded with a head
+        transformers.LlamaModel(untied).save_pretrained(root)
+    return root
+
+
+def lazy_and_eager(path: Path, **kwargs: object) -> tuple[torch.nn.Module, torch.nn.Module]:
+    torch.manual_seed(1)
+    eager = transformers.AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    torch.manual_seed(1)
+    with rng_unchanged(), LazyInitContext():
+        lazy = transformers.AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    return eager, lazy
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "sharded", "bin", "missing lm_head"])
+def test_transformers_from_pretrained_is_lazy_and_equals_the_library(
+    kind: str, tmp_path: Path
+) -> None:
+    eager, lazy = lazy_and_eager(save_checkpoint(kind, tmp_path))
+    not_lazy = [k for k, t in lazy.state_dict().items() if not is_lazy(t)]
+    assert not_lazy == [], f"loaded for real at build: {not_lazy}"
+    materialize(lazy)
+    assert_same(eager, lazy)
+    ids = torch.tensor([[1, 5, 9, 3]])
+    assert torch.equal(eager(ids).logits, lazy(ids).logits)
+
+
+def test_dtype_conversion_is_lazy_too(tmp_path: Path) -> None:
+    eager, lazy = lazy_and_eager(save_checkpoint("safetensors", tmp_path), dtype=torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 and is_lazy(p) for p in lazy.parameters())
+    materialize(lazy)
+    assert_same(eager, lazy)
+
+
+def test_only_keys_the_checkpoint_lacks_are_randomly_initialised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eager, lazy = lazy_and_eager(save_checkpoint("missing lm_head", tmp_path))
+    random_ops = random_ops_computed(monkeypatch)
+    materialize(lazy)
+    assert_same(eager, lazy)
+    assert len(random_ops) == 1, random_ops  # lm_head.weight, the one missing key
+
+
+def test_diffusers_from_pretrained_is_lazy_and_equals_the_library(tmp_path: Path) -> None:
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    diffusers.UNet2DModel(
+        sample_size=8, block_out_channels=(8, 16), norm_num_groups=4, layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    ).save_pretrained(tmp_path)  # fmt: skip
+    eager = diffusers.UNet2DModel.from_pretrained(tmp_path)
+    with rng_unchanged(), LazyInitContext():
+        lazy = diffusers.UNet2DModel.from_pretrained(tmp_path)
+    assert all(is_lazy(t) for t in lazy.state_dict().values())
+    materialize(lazy)
+    assert_same(eager, lazy)
