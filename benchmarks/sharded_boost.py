@@ -1,9 +1,13 @@
-"""Per-rank peak memory of boosting a Llama with FSDP2: lazy vs eager-built, 2 and 4 ranks.
+"""Per-rank peak memory of boosting a Llama with FSDP2, 2 and 4 ranks.
 
-Run: python benchmarks/sharded_boost.py [--params 350M] [--repeat 3]
-Each measurement is a fresh torchrun launch; every rank reports its peak resident memory
-(ru_maxrss) minus its resident memory after imports and a warm-up, and the medians are printed
-as a markdown table with ratios to the eager-built run at the same world size.
+Run: python benchmarks/sharded_boost.py [--params 350M] [--repeat 3] [--out FILE.md]
+Four ways to get the model: built eagerly, built lazily, loaded with transformers'
+``from_pretrained`` from a safetensors checkpoint (written once into a temporary directory),
+and the same ``from_pretrained`` inside ``LazyInitContext``; then ``Booster(TorchFSDPPlugin())
+.boost(model)``. Each measurement is a fresh torchrun launch; every rank reports its peak
+resident memory (ru_maxrss) minus its resident memory after imports and a warm-up, and the
+medians are printed as a markdown table with ratios to the eager-built run at the same world
+size.
 """
 
 from __future__ import annotations
@@ -16,20 +20,27 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
+
+MIB = 2**20
 
 CONFIGS = {
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, vocab_size=1000),
     "125M": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, vocab_size=32000),
     "350M": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=24, vocab_size=32000),
 }
 
 
-def worker(mode: str, size: str, out: str) -> None:
+MODES = ("eager", "lazy", "from_pretrained", "from_pretrained, lazy")
+
+
+def worker(mode: str, size: str, out: str, checkpoint: str) -> None:
     import resource
 
     import psutil
     import torch
     import torch.distributed as dist
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
     import dormant
     from dormant.booster import Booster
@@ -46,8 +57,13 @@ def worker(mode: str, size: str, out: str) -> None:
     if mode == "lazy":
         with dormant.LazyInitContext():
             model = LlamaForCausalLM(config)
-    else:
+    elif mode == "eager":
         model = LlamaForCausalLM(config)
+    elif mode == "from_pretrained":
+        model = AutoModelForCausalLM.from_pretrained(checkpoint)
+    else:
+        with dormant.LazyInitContext():
+            model = AutoModelForCausalLM.from_pretrained(checkpoint)
     model, *_ = Booster(plugin=TorchFSDPPlugin()).boost(model)
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
@@ -59,11 +75,11 @@ def worker(mode: str, size: str, out: str) -> None:
     dist.destroy_process_group()
 
 
-def measure(mode: str, size: str, nproc: int) -> dict[str, float]:
+def measure(mode: str, size: str, nproc: int, checkpoint: str) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as out:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-               "--standalone", __file__, "--worker", mode, size, out]  # fmt: skip
+               "--standalone", __file__, "--worker", mode, size, out, checkpoint]  # fmt: skip
         subprocess.run(cmd, check=True, env=env, capture_output=True)
         ranks = []
         for r in range(nproc):
@@ -78,32 +94,51 @@ def measure(mode: str, size: str, nproc: int) -> dict[str, float]:
 
 def main() -> None:
     if sys.argv[1:2] == ["--worker"]:
-        worker(*sys.argv[2:5])
+        worker(*sys.argv[2:6])
         return
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--params", choices=sorted(CONFIGS), default="350M")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", choices=sorted(set(CONFIGS) - {"tiny"}), default="350M")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--out", help="also write the table to this markdown file")
     args = parser.parse_args()
-    mib = 2**20
-    print(
-        f"FSDP2 boost of a {args.params} Llama (fp32), per-rank peak RSS, median of {args.repeat}"
-    )
-    print()
-    print("| ranks | built | per-rank peak MiB | vs eager-built | model / ranks MiB | boost s |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for nproc in (2, 4):
-        runs = {
-            m: [measure(m, args.params, nproc) for _ in range(args.repeat)]
-            for m in ("eager", "lazy")
-        }
-        med = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for m, rs in runs.items()}
-        for mode in ("eager", "lazy"):
-            m = med[mode]
-            ratio = m["peak"] / med["eager"]["peak"]
-            print(
-                f"| {nproc} | {mode} | {m['peak'] / mib:.0f} | {ratio:.2f}x "
-                f"| {m['model_bytes'] / nproc / mib:.0f} | {m['seconds']:.2f} |"
+    lines = [
+        f"FSDP2 boost (`TorchFSDPPlugin`) of a {args.params} Llama (fp32), per-rank peak RSS "
+        f"during build and boost, median of {args.repeat} torchrun launches; the largest rank.",
+        "",
+        "| ranks | model from | per-rank peak MiB | vs eager-built | model / ranks MiB | s |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    with tempfile.TemporaryDirectory() as checkpoint:
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(0)
+        config = LlamaConfig(num_attention_heads=16, num_key_value_heads=16, **CONFIGS[args.params])
+        LlamaForCausalLM(config).save_pretrained(checkpoint)
+        for nproc in (2, 4):
+            runs = {
+                m: [measure(m, args.params, nproc, checkpoint) for _ in range(args.repeat)]
+                for m in MODES
+            }
+            med = {
+                m: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for m, rs in runs.items()
+            }
+            # What boosting costs whatever the model: process group, FSDP state, allocator.
+            tiny = statistics.median(
+                measure("lazy", "tiny", nproc, checkpoint)["peak"] for _ in range(args.repeat)
             )
+            lines.append(f"| {nproc} | lazy, a tiny Llama (fixed cost) | {tiny / MIB:.0f} | | | |")
+            for mode in MODES:
+                m = med[mode]
+                lines.append(
+                    f"| {nproc} | {mode} | {m['peak'] / MIB:.0f} "
+                    f"| {m['peak'] / med['eager']['peak']:.2f}x "
+                    f"| {m['model_bytes'] / nproc / MIB:.0f} | {m['seconds']:.2f} |"
+                )
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
 
 
 if __name__ == "__main__":
