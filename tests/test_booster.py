@@ -61,9 +61,18 @@ def test_boosted_model_equals_eager_single_process(
             assert math.isclose(got, want, rel_tol=1e-5), (r["losses"], r["ref_losses"])
 
 
-def test_tensor_parallel_bert_equals_eager(plugin_results: list[dict[str, Any]]) -> None:
+@pytest.mark.parametrize(
+    ("family", "split"), [("bert", "intermediate.dense.weight"), ("gpt2", "mlp.c_fc.weight")]
+)
+def test_tensor_parallel_plans_are_exact_and_train(
+    plugin_results: list[dict[str, Any]], family: str, split: str
+) -> None:
     for results in plugin_results:
-        assert results["hybrid_tp2/bert"] == {"not_equal": [], "keys_match": True}
+        r = results[f"hybrid_tp2/{family}"]
+        assert r["keys_match"] and r["not_equal"] == [], r["not_equal"]
+        assert any(name.endswith(split) for name in r["sharded"]), r["sharded"]
+        for got, want in zip(r["losses"], r["ref_losses"], strict=True):
+            assert math.isclose(got, want, rel_tol=1e-5), (r["losses"], r["ref_losses"])
 
 
 def test_bad_input_gets_clear_errors(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.tensor import DTensor
 
 import dormant
 from dormant import LazyInitContext, is_lazy
@@ -75,6 +76,13 @@ def bert() -> nn.Module:
     return BertForMaskedLM(config)
 
 
+def gpt2() -> nn.Module:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=128, n_positions=32)
+    return GPT2LMHeadModel(config)
+
+
 def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
     module = model.module if hasattr(model, "module") else model
     options = StateDictOptions(full_state_dict=True, cpu_offload=False)
@@ -128,15 +136,23 @@ def scenario_plugins() -> dict[str, Any]:
                 "lazy_left": is_lazy(model),
             }
             del model, optimizer
-    # BERT under tensor parallelism (built-in plan)
-    bert_ref = build(bert, "real").state_dict()
-    model = build(bert, "lazy")
-    model, *_ = Booster(plugin=HybridParallelPlugin(tp_size=2)).boost(model)
-    state = full_state(model)
-    results["hybrid_tp2/bert"] = {
-        "not_equal": sorted(k for k in bert_ref if not torch.equal(bert_ref[k], state[k])),
-        "keys_match": sorted(bert_ref) == sorted(state),
-    }
+    # BERT and GPT-2 under tensor parallelism (built-in plans)
+    for family, ctor in (("bert", bert), ("gpt2", gpt2)):
+        reference = build(ctor, "real")
+        ref_state = {k: v.clone() for k, v in reference.state_dict().items()}
+        model = build(ctor, "lazy")
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        model, optimizer, *_ = Booster(plugin=HybridParallelPlugin(tp_size=2)).boost(
+            model, optimizer
+        )
+        state = full_state(model)
+        results[f"hybrid_tp2/{family}"] = {
+            "not_equal": sorted(k for k in ref_state if not torch.equal(ref_state[k], state[k])),
+            "keys_match": sorted(ref_state) == sorted(state),
+            "sharded": sorted(n for n, p in model.named_parameters() if isinstance(p, DTensor)),
+            "losses": train_losses(model, optimizer),
+            "ref_losses": train_losses(reference, torch.optim.SGD(reference.parameters(), lr=0.1)),
+        }
     return results
 
 

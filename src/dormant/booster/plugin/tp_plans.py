@@ -7,12 +7,65 @@ row-parallel ones, so each block needs one all-reduce per attention and one per 
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Any
+
 from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import Placement, Replicate, Shard, distribute_module
+from torch.distributed.tensor import distribute_tensor as _distribute
 from torch.distributed.tensor.parallel import ColwiseParallel, ParallelStyle, RowwiseParallel
 
 from ...errors import DormantError
 
-_STYLES = {"colwise": ColwiseParallel, "rowwise": RowwiseParallel}
+
+def _shard_params(
+    module: nn.Module, mesh: DeviceMesh, placements: dict[str, Placement], src: int | None
+) -> None:
+    for name, placement in placements.items():
+        param = getattr(module, name, None)
+        if param is not None:
+            dist = _distribute(param, mesh, [placement], src_data_rank=src)
+            module.register_parameter(name, nn.Parameter(dist, param.requires_grad))
+
+
+# transformers' ``Conv1D`` (GPT-2) stores its weight as (in, out), the transpose of
+# ``nn.Linear``'s, which DTensor's own styles do not accept.
+class Conv1DColwiseParallel(ColwiseParallel):
+    """``ColwiseParallel`` for transformers' ``Conv1D``: weight split on its output dim 1."""
+
+    def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
+        shard: dict[str, Placement] = {"weight": Shard(1), "bias": Shard(0)}
+        return _distribute_conv1d(self, module, device_mesh, shard)
+
+
+class Conv1DRowwiseParallel(RowwiseParallel):
+    """``RowwiseParallel`` for transformers' ``Conv1D``: weight split on its input dim 0."""
+
+    def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
+        self.desired_input_layouts = (Shard(-1),)
+        shard: dict[str, Placement] = {"weight": Shard(0), "bias": Replicate()}
+        return _distribute_conv1d(self, module, device_mesh, shard)
+
+
+def _distribute_conv1d(
+    style: Any, module: nn.Module, mesh: DeviceMesh, placements: dict[str, Placement]
+) -> nn.Module:
+    return distribute_module(
+        module,
+        mesh,
+        lambda _name, mod, mesh: _shard_params(mod, mesh, placements, style.src_data_rank),
+        partial(style._prepare_input_fn, style.input_layouts, style.desired_input_layouts),
+        partial(style._prepare_output_fn, style.output_layouts, style.use_local_output),
+    )
+
+
+_STYLES: dict[str, type[ColwiseParallel] | type[RowwiseParallel]] = {
+    "colwise": ColwiseParallel,
+    "rowwise": RowwiseParallel,
+    "conv1d_colwise": Conv1DColwiseParallel,
+    "conv1d_rowwise": Conv1DRowwiseParallel,
+}
 
 _BERT_LAYER = {
     "attention.self.query": "colwise",
@@ -24,14 +77,22 @@ _BERT_LAYER = {
 }
 
 
+# GPT-2 fuses q, k and v in one ``c_attn`` whose output the attention splits at fixed widths, so
+# its columns cannot be divided among ranks by heads: attention stays whole on every rank and
+# the MLP (two thirds of each block's weights) is split.
+_GPT2_LAYER = {"mlp.c_fc": "conv1d_colwise", "mlp.c_proj": "conv1d_rowwise"}
+
+
 def plan_for(model: nn.Module) -> dict[str, ParallelStyle]:
-    """The tensor-parallel plan of a known model family (Llama-family and BERT)."""
+    """The tensor-parallel plan of a known model family (Llama-family, BERT, GPT-2)."""
     base: nn.Module = getattr(model, "base_model", model)
     prefix = _prefix_of(model, base)
     config = getattr(model, "config", None)
     plan: dict[str, str] | None = getattr(config, "base_model_tp_plan", None)
     if not plan and type(base).__name__ in ("BertModel", "RobertaModel"):
         plan = {f"encoder.layer.*.{k}": v for k, v in _BERT_LAYER.items()}
+    if not plan and type(base).__name__ == "GPT2Model":
+        plan = {f"h.*.{k}": v for k, v in _GPT2_LAYER.items()}
     if not plan or any(style not in _STYLES for style in plan.values()):
         raise DormantError(
             f"no tensor-parallel plan known for {type(model).__name__}: pass "
