@@ -22,8 +22,8 @@ class HybridParallelPlugin(Plugin):
 
     Ranks form a ``(dp, tp)`` mesh with ``tp = tp_size``. Linear layers are split across the
     ``tp`` dimension following ``tp_plan`` (or the model family's plan: Llama-family models from
-    their transformers config, BERT and GPT-2 built in), then FSDP2 shards across ``dp``. ZeRO stage 3
-    reshards parameters after forward; stages 1 and 2 keep them gathered until backward.
+    their transformers config, BERT and GPT-2 built in), then FSDP2 shards across ``dp``. ZeRO
+    stage 3 reshards parameters after forward; stages 1 and 2 keep them gathered until backward.
 
     Example::
 
