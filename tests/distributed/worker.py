@@ -72,6 +72,8 @@ def bert() -> nn.Module:
         intermediate_size=96,
         vocab_size=128,
         max_position_embeddings=32,
+        hidden_dropout_prob=0.0,  # dropout masks differ once activations are split: no
+        attention_probs_dropout_prob=0.0,  # dropout, so losses compare to one process
     )
     return BertForMaskedLM(config)
 
@@ -79,7 +81,10 @@ def bert() -> nn.Module:
 def gpt2() -> nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=128, n_positions=32)
+    config = GPT2Config(
+        n_embd=64, n_layer=2, n_head=4, vocab_size=128, n_positions=32,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,  # as for BERT
+    )  # fmt: skip
     return GPT2LMHeadModel(config)
 
 
