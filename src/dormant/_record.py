@@ -287,7 +287,11 @@ def _record(
     meta_kwargs.pop("pin_memory", None)
     forced_out = None
     try:
-        meta_out = func(*meta_args, **meta_kwargs)
+        if _is_plain_normal_(func, bound):
+            # The meta kernel of normal_ is a slow Python decomposition, and the result is self.
+            meta_out = meta_args[0]
+        else:
+            meta_out = func(*meta_args, **meta_kwargs)
     except NotImplementedError:
         # No meta kernel: compute the op for real (exactly, through replay) and keep its result.
         forced_out = _run_forced(func, args, kwargs, True)
@@ -306,6 +310,15 @@ def _record(
         bound = _bind(func, args, kwargs)
     flat, spec = tree_flatten((args, kwargs))
     return _add_node(func, flat, spec, bound, meta_out, device, forced_out)
+
+
+def _is_plain_normal_(func: torch._ops.OpOverload, bound: dict[str, Any]) -> bool:
+    """``t.normal_(mean, std)`` that eager would accept (anything else takes the meta kernel,
+    which raises eager's errors)."""
+    if func is not aten.normal_.default:
+        return False
+    std = bound.get("std", 1.0)
+    return bound["self"].dtype.is_floating_point and isinstance(std, (int, float)) and std >= 0
 
 
 def _map_flat(fn: Callable[[Any], Any], tree: Any) -> tuple[list[Any], Any]:
