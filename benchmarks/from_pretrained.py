@@ -1,6 +1,6 @@
 """Loading a pretrained Llama: transformers' own from_pretrained against dormant's lazy load.
 
-Run: python benchmarks/from_pretrained.py [--params 350M] [--repeat 3] [--out FILE.md]
+Run: python benchmarks/from_pretrained.py [--model llama-350m] [--repeat 3] [--out FILE.md]
 Saves one checkpoint (safetensors, fp32) into a temporary directory, then measures each way of
 loading it in a fresh process, median of ``--repeat``:
 
@@ -27,10 +27,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-CONFIGS = {
-    "125M": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, vocab_size=32000),
-    "350M": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=24, vocab_size=32000),
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from models import LLAMA
+
 WAYS = ("transformers", "dormant", "build + load_state_dict")
 MIB = 2**20
 
@@ -38,7 +38,7 @@ MIB = 2**20
 def config(size: str) -> object:
     from transformers import LlamaConfig
 
-    return LlamaConfig(num_attention_heads=16, num_key_value_heads=16, **CONFIGS[size])
+    return LlamaConfig(**LLAMA[size])
 
 
 def worker(way: str, path: str, dtype_name: str) -> None:
@@ -97,7 +97,7 @@ def main() -> None:
         worker(*sys.argv[2:5])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", choices=sorted(CONFIGS), default="350M")
+    parser.add_argument("--model", choices=["llama-125m", "llama-350m"], default="llama-350m")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", help="also write the table to this markdown file")
     args = parser.parse_args()
@@ -106,7 +106,7 @@ def main() -> None:
     from transformers import LlamaForCausalLM
 
     lines = [
-        f"Loading a {args.params} Llama checkpoint (safetensors, fp32), median of "
+        f"Loading a `{args.model}` checkpoint (safetensors, fp32), median of "
         f"{args.repeat} fresh processes; every value read once after loading (a SHA-256 "
         "of the state dict, compared across ways). Ratios are to transformers' own "
         "`from_pretrained` with the same dtype.",
@@ -117,7 +117,7 @@ def main() -> None:
     ]
     with tempfile.TemporaryDirectory() as path:
         torch.manual_seed(0)
-        LlamaForCausalLM(config(args.params)).save_pretrained(path)
+        LlamaForCausalLM(config(args.model)).save_pretrained(path)
         for dtype in ("float32", "bfloat16"):
             runs = {w: [measure(w, path, dtype) for _ in range(args.repeat)] for w in WAYS}
             med = {w: _median(rs) for w, rs in runs.items()}

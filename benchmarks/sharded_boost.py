@@ -1,6 +1,6 @@
 """Per-rank peak memory of boosting a Llama with FSDP2, 2 and 4 ranks.
 
-Run: python benchmarks/sharded_boost.py [--params 350M] [--repeat 3] [--out FILE.md]
+Run: python benchmarks/sharded_boost.py [--model llama-350m] [--repeat 3] [--out FILE.md]
 Four ways to get the model: built eagerly, built lazily, loaded with transformers'
 ``from_pretrained`` from a safetensors checkpoint (written once into a temporary directory),
 and the same ``from_pretrained`` inside ``LazyInitContext``; then ``Booster(TorchFSDPPlugin())
@@ -24,11 +24,13 @@ from pathlib import Path
 
 MIB = 2**20
 
-CONFIGS = {
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, vocab_size=1000),
-    "125M": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, vocab_size=32000),
-    "350M": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=24, vocab_size=32000),
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from models import LLAMA, LLAMA_TINY  # noqa: E402
+
+
+def llama_config(size: str) -> dict[str, int]:
+    return LLAMA_TINY if size == "tiny" else LLAMA[size]
 
 
 MODES = ("eager", "lazy", "from_pretrained", "from_pretrained, lazy")
@@ -51,7 +53,7 @@ def worker(mode: str, size: str, out: str, checkpoint: str) -> None:
     with dormant.LazyInitContext():  # warm-up: load the code both modes use
         warm = torch.nn.Linear(2, 2)
     dormant.materialize(warm)
-    config = LlamaConfig(num_attention_heads=16, num_key_value_heads=16, **CONFIGS[size])
+    config = LlamaConfig(**llama_config(size))
     before = psutil.Process().memory_info().rss
     start = time.perf_counter()
     if mode == "lazy":
@@ -97,13 +99,14 @@ def main() -> None:
         worker(*sys.argv[2:6])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", choices=sorted(set(CONFIGS) - {"tiny"}), default="350M")
+    parser.add_argument("--model", choices=["llama-125m", "llama-350m"], default="llama-350m")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", help="also write the table to this markdown file")
     args = parser.parse_args()
     lines = [
-        f"FSDP2 boost (`TorchFSDPPlugin`) of a {args.params} Llama (fp32), per-rank peak RSS "
-        f"during build and boost, median of {args.repeat} torchrun launches; the largest rank.",
+        f"FSDP2 boost (`TorchFSDPPlugin`) of `{args.model}` (benchmarks/models.py, fp32), "
+        f"per-rank peak RSS during build and boost, median of {args.repeat} torchrun "
+        "launches; the largest rank.",
         "",
         "| ranks | model from | per-rank peak MiB | vs eager-built | model / ranks MiB | s |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -113,11 +116,11 @@ def main() -> None:
         from transformers import LlamaConfig, LlamaForCausalLM
 
         torch.manual_seed(0)
-        config = LlamaConfig(num_attention_heads=16, num_key_value_heads=16, **CONFIGS[args.params])
+        config = LlamaConfig(**llama_config(args.model))
         LlamaForCausalLM(config).save_pretrained(checkpoint)
         for nproc in (2, 4):
             runs = {
-                m: [measure(m, args.params, nproc, checkpoint) for _ in range(args.repeat)]
+                m: [measure(m, args.model, nproc, checkpoint) for _ in range(args.repeat)]
                 for m in MODES
             }
             med = {
