@@ -17,7 +17,6 @@ transformers' values. Peak: ``ru_maxrss`` minus RSS before loading.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import statistics
@@ -30,9 +29,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from models import LLAMA
+from tables import MIB, emit, parse_args
 
 WAYS = ("transformers", "dormant", "build + load_state_dict")
-MIB = 2**20
 
 
 def config(size: str) -> object:
@@ -96,11 +95,7 @@ def main() -> None:
     if sys.argv[1:2] == ["--worker"]:
         worker(*sys.argv[2:5])
         return
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["llama-125m", "llama-350m"], default="llama-350m")
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--out", help="also write the table to this markdown file")
-    args = parser.parse_args()
+    args = parse_args(__doc__)
 
     import torch
     from transformers import LlamaForCausalLM
@@ -131,10 +126,7 @@ def main() -> None:
                     f"| {m['model_bytes'] / MIB:.0f} | "
                     f"{'yes' if m['digest'] == base['digest'] else 'no'} |"
                 )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

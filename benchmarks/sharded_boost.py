@@ -12,7 +12,6 @@ size.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -22,11 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-MIB = 2**20
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from models import LLAMA, LLAMA_TINY  # noqa: E402
+from models import LLAMA, LLAMA_TINY
+from tables import MIB, emit, parse_args
 
 
 def llama_config(size: str) -> dict[str, int]:
@@ -98,11 +96,7 @@ def main() -> None:
     if sys.argv[1:2] == ["--worker"]:
         worker(*sys.argv[2:6])
         return
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["llama-125m", "llama-350m"], default="llama-350m")
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--out", help="also write the table to this markdown file")
-    args = parser.parse_args()
+    args = parse_args(__doc__)
     lines = [
         f"FSDP2 boost (`TorchFSDPPlugin`) of `{args.model}` (benchmarks/models.py, fp32), "
         f"per-rank peak RSS during build and boost, median of {args.repeat} torchrun "
@@ -138,10 +132,7 @@ def main() -> None:
                     f"| {m['peak'] / med['eager']['peak']:.2f}x "
                     f"| {m['model_bytes'] / nproc / MIB:.0f} | {m['seconds']:.2f} |"
                 )
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":
