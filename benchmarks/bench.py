@@ -103,8 +103,7 @@ def _build(system: str, spec: Model, tiny: bool, construct_only: bool) -> dict[s
         model = build()
         r["construct_s"] = time.perf_counter() - t0
     elif system in ("dormant", "dormant-fast"):
-        from dormant import LazyInitContext
-        from dormant._materialize import materialize_with_report
+        from dormant import LazyInitContext, materialize
 
         kwargs = {"rng": "fast"} if system == "dormant-fast" else {}
         with LazyInitContext(**kwargs):
@@ -114,7 +113,7 @@ def _build(system: str, spec: Model, tiny: bool, construct_only: bool) -> dict[s
         r["construct_peak"] = _maxrss()
         r["after_construct_rss"] = _rss()
         if not construct_only:
-            report = materialize_with_report(model, progress=False)
+            report = materialize(model, progress=False, report=True)
             t2 = time.perf_counter()
             r["materialize_s"] = t2 - t1
             r["total_s"] = t2 - t0

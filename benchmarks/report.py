@@ -322,7 +322,7 @@ def main() -> None:
         "  build's from the same seed, out of all; computed in the first run of each system",
         "  after the figures are taken. *no values*: the system leaves tensors on the meta",
         "  device. Lazy rate: share of parameter and buffer elements still lazy when",
-        "  materialization starts (dormant: `materialize_with_report(model).lazy_rate`).",
+        "  materialization starts (dormant: `materialize(model, report=True).lazy_rate`).",
         "- PyTorch native init pass: transformers `model.init_weights()` (5.x skips it while",
         '  building under `torch.device("meta")`, so this is the one pass, rotary buffers',
         "  included); diffusers: `reset_parameters()` of every module that has one.",

@@ -5,27 +5,26 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
-import pytest
 import torch
 from torch import nn
 
-import dormant._replay as replay
 from dormant import LazyInitContext, materialize
-from dormant._materialize import materialize_with_report
 from dormant._placement import module_tensors
 
 
 def build_pair(
     ctor: Callable[[], nn.Module], seed: int = 0, *, verbose: bool = False
 ) -> tuple[nn.Module, nn.Module]:
-    """``ctor()`` built eagerly and built lazily then materialized, both after ``manual_seed``."""
+    """``ctor()`` built eagerly and built lazily then materialized, both after ``manual_seed``;
+    the global generator must stand where eager construction leaves it."""
     torch.manual_seed(seed)
     eager = ctor()
+    eager_rng = torch.get_rng_state()
     torch.manual_seed(seed)
     with LazyInitContext():
         lazy = ctor()
+    assert torch.equal(torch.get_rng_state(), eager_rng), "generator not where eager leaves it"
     materialize(lazy, verbose=verbose)
     return eager, lazy
 
@@ -67,21 +66,6 @@ def assert_same(eager: nn.Module, lazy: nn.Module) -> None:
     assert not bad, f"not bit-identical to eager: {bad[:10]} ({len(bad)} in all)"
 
 
-def random_ops_computed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """A list that collects the random ops (``normal_``, ``uniform_``) replay computes for real,
-    from now until the test ends."""
-    computed: list[str] = []
-    execute = replay._Pass._execute
-
-    def spy(self: Any, node: Any, real: bool, saved: Any) -> None:
-        if real and ("normal_" in node.label or "uniform_" in node.label):
-            computed.append(node.label)
-        execute(self, node, real, saved)
-
-    monkeypatch.setattr(replay._Pass, "_execute", spy)
-    return computed
-
-
 @contextlib.contextmanager
 def rng_unchanged() -> Iterator[None]:
     """Assert that the default CPU generator's state is the same after the block."""
@@ -99,6 +83,7 @@ class ZooResult:
     parameters: int
     exact: bool
     forward_exact: bool | None
+    rng_exact: bool
     lazy_rate: float
     early: list[str] = field(default_factory=list)
     mismatches: list[str] = field(default_factory=list)
@@ -114,10 +99,12 @@ def run_zoo_case(
     """Build eagerly and lazily, compare every tensor and (optionally) one forward output."""
     torch.manual_seed(seed)
     eager = ctor()
+    eager_rng = torch.get_rng_state()
     torch.manual_seed(seed)
     with LazyInitContext():
         lazy = ctor()
-    report = materialize_with_report(lazy)
+    rng_exact = torch.equal(torch.get_rng_state(), eager_rng)
+    report = materialize(lazy, report=True)
     mismatches = differences(eager, lazy)
     forward_exact = None
     if forward is not None:
@@ -135,6 +122,7 @@ def run_zoo_case(
         parameters=sum(p.numel() for p in eager.parameters()),
         exact=not mismatches,
         forward_exact=forward_exact,
+        rng_exact=rng_exact,
         lazy_rate=report.lazy_rate,
         early=[f"{e.name}: {e.op}" for e in report.early],
         mismatches=mismatches,
@@ -177,5 +165,6 @@ def check_zoo_case(case: ZooCase) -> ZooResult:
     """Run a zoo case and fail with the names of the tensors that differ from eager."""
     result = run_zoo_case(case.name, case.library, case.build, case.forward, case.seed)
     assert result.exact, f"{case.name}: differs from eager: {result.mismatches[:10]}"
+    assert result.rng_exact, f"{case.name}: the generator is not where eager construction leaves it"
     assert result.forward_exact is not False, f"{case.name}: forward output differs from eager"
     return result

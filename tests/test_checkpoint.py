@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_same, random_ops_computed
+from helpers import assert_same
 from safetensors.torch import save_file
 from torch import nn
 
@@ -81,7 +81,7 @@ def test_loading_into_a_real_model(tmp_path: Path) -> None:
 
 
 def test_loaded_tensors_are_never_randomly_initialised(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
 ) -> None:
     state = source_state()
     drop = ("body.2.weight", "body.2.bias")  # missing: initialised the model's way
@@ -91,11 +91,10 @@ def test_loaded_tensors_are_never_randomly_initialised(
     with LazyInitContext():
         model = Net()
     load_checkpoint(model, tmp_path / "m.safetensors", strict=False)
-    random_ops = random_ops_computed(monkeypatch)
-    materialize(model)
+    report = materialize(model, report=True)
     assert_same(eager_reference(state, drop), model)
     # Only the two missing tensors are computed from random numbers; the rest are read.
-    assert len(random_ops) == 2, random_ops
+    assert len(report.random_ops) == 2, report.random_ops
 
 
 def test_mismatches_are_listed_and_nothing_is_loaded(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import _rng
 from ._record import record_op
+from ._replay import run_for_draws
 
 _lock = threading.Lock()
 
@@ -95,9 +96,10 @@ class LazyInitContext:
     shape, dtype, device and strides but holds no data. :func:`dormant.materialize` later
     computes the values, bit for bit those that eager construction from the same RNG state gives.
 
-    Random numbers: recording draws nothing, so after the context every generator holds the state
-    it held before (``torch.manual_seed(0)`` inside model code is honoured for the model's own
-    values). Materializing does not change any generator either.
+    Random numbers: after the context every generator the model code drew from stands where eager
+    construction would have left it (recording draws nothing; it jumps the generator ahead by the
+    draws it counted), so training after a lazy build draws the same numbers as after an eager
+    one. Materializing draws from private generators and never changes the user's.
 
     The context is re-entrant on one thread: a nested ``LazyInitContext`` joins the outer one (it
     must ask for the same ``default_device``). Entering it on a second thread while another
@@ -108,10 +110,9 @@ class LazyInitContext:
             where materialization computes them: ``None`` (cpu), a string, an int (a CUDA index)
             or a ``torch.device``. Equivalent to eager construction under ``with
             torch.device(default_device):``.
-        rng: ``"exact"`` (default): random values equal eager construction's, which means
-            replaying draws that later code overwrote (into scratch memory, without keeping
-            them). ``"fast"``: each random op draws from its own generator state, derived from
-            the generator's state at entry and the op's position in the model code, so
+        rng: ``"exact"`` (default): random values equal eager construction's (draws that later
+            code overwrote are jumped over, never made). ``"fast"``: each random op draws from
+            its own generator state, derived from the generator's state at entry and the op's position in the model code, so
             overwritten draws are skipped entirely. Values then differ from eager but are the
             same for a given seed and model code, whatever the world size, sharding or
             materialization order.
@@ -156,7 +157,7 @@ class LazyInitContext:
                 return self
             _state.owner, _state.depth, _state.device = me, 1, self.default_device
             _state.rng = self.rng
-        _rng.start_segments()
+        _rng.begin_session()
         try:
             modes: list[Any] = []
             if self.default_device.type != "cpu":
@@ -171,12 +172,14 @@ class LazyInitContext:
             raise
         return self
 
-    def _exit_modes(self) -> None:
+    def _exit_modes(self, failed: bool = True) -> None:
         try:
             while self._entered:
                 mode = self._entered.pop()
                 if mode is not None:
                     mode.__exit__(None, None, None)
+            # After the recording mode is gone: resolving may run random ops for their draws.
+            _rng.end_session(None if failed else run_for_draws)
         finally:
             with _lock:
                 _state.owner, _state.depth, _state.device = None, 0, None
@@ -192,7 +195,7 @@ class LazyInitContext:
             self._entered.pop()
             _state.depth -= 1
             return
-        self._exit_modes()
+        self._exit_modes(failed=exc_type is not None)
 
     @staticmethod
     def materialize(module: torch.nn.Module, verbose: bool = False) -> torch.nn.Module:

@@ -3,19 +3,40 @@
 from __future__ import annotations
 
 import time
+from typing import Literal, overload
 
 import torch
 from torch import nn
 
-from . import _replay, _rng
+from . import _replay
 from ._lazy_tensor import LazyTensor
 from ._placement import install, module_tensors
 from ._report import MaterializeReport
 
 
+@overload
 def materialize(
-    module: nn.Module, verbose: bool = False, *, progress: bool | None = None
-) -> nn.Module:
+    module: nn.Module,
+    verbose: bool = False,
+    *,
+    progress: bool | None = None,
+    report: Literal[False] = False,
+) -> nn.Module: ...
+
+
+@overload
+def materialize(
+    module: nn.Module, verbose: bool = False, *, progress: bool | None = None, report: Literal[True]
+) -> MaterializeReport: ...
+
+
+def materialize(
+    module: nn.Module,
+    verbose: bool = False,
+    *,
+    progress: bool | None = None,
+    report: bool = False,
+) -> nn.Module | MaterializeReport:
     """Compute every lazy tensor of ``module`` and put the values in place.
 
     Values are bit for bit those of eager construction from the same RNG state, in any order of
@@ -29,9 +50,11 @@ def materialize(
         verbose: print a report: parameters and buffers lazily initialized out of total, and
             what was materialized early (during construction), with the op that forced it.
         progress: show a progress bar; by default only on a terminal for long materializations.
+        report: return the :class:`~dormant.MaterializeReport` (what ``verbose`` prints: counts,
+            what was materialized early, the ops replayed) instead of the module.
 
     Returns:
-        ``module`` itself.
+        ``module`` itself, or its report when ``report=True``.
 
     Example::
 
@@ -45,16 +68,13 @@ def materialize(
         >>> torch.equal(model.weight, torch.nn.Linear(8, 8).weight)
         True
     """
-    report = materialize_with_report(module, progress=progress)
+    result = _materialize(module, progress)
     if verbose:
-        print(report)
-    return module
+        print(result)
+    return result if report else module
 
 
-def materialize_with_report(
-    module: nn.Module, *, progress: bool | None = None
-) -> MaterializeReport:
-    """:func:`materialize`, returning the report that ``verbose=True`` prints."""
+def _materialize(module: nn.Module, progress: bool | None) -> MaterializeReport:
     if not isinstance(module, nn.Module):
         raise TypeError(
             f"materialize() expects an nn.Module, got {type(module).__name__}; wrap tensors in a "
@@ -75,10 +95,12 @@ def materialize_with_report(
         else:
             report.add(slot.name, slot.kind, t.numel(), [], lazy=False)
     if lazy:
-        values = _replay.compute([t._lazy_storage for _, t in lazy.values()], progress=progress)
+        stats = _replay.ReplayStats()
+        storages = [t._lazy_storage for _, t in lazy.values()]
+        values = _replay.compute(storages, progress=progress, stats=stats)
+        report.ops_replayed, report.random_ops = stats.ops, stats.random_ops
         install(lazy, values)
         del values, lazy
-        _rng.compact_all()
     report.seconds = time.perf_counter() - start
     return report
 

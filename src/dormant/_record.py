@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
-from . import _rng
+from . import _draws, _rng
 from ._graph import Constant, DeferredCall, EarlyRecord, LazyStorage, Node, TensorRef, Write
 from ._lazy_tensor import LazyTensor, describe
 from .errors import UnsupportedOpError
@@ -229,6 +229,8 @@ def record_op(
         device = kwargs.get("device")
         to_meta = device is not None and torch.device(device).type == "meta"
         if to_meta or not (in_context and _creates_tensor(func, tensors, device)):
+            if in_context and not to_meta and _is_random(packet):
+                _draw_for_real(func, args, kwargs, tensors)
             return func(*args, **kwargs)
     if packet in _METADATA_INPLACE:
         raise UnsupportedOpError(
@@ -245,16 +247,32 @@ def record_op(
 
 
 def _creates_tensor(func: torch._ops.OpOverload, tensors: list[torch.Tensor], device: Any) -> bool:
-    """A factory, or a ``*_like`` factory that moves a meta tensor's shape to a real device
-    (``torch.empty_like(meta_param, device="cpu")``, as libraries do for keys a checkpoint
-    lacks)."""
+    """A factory: plain, or one that reads only the shape of real tensors
+    (``torch.randn_like(real)``), or a ``*_like`` factory that moves a meta tensor's shape to a
+    real device (``torch.empty_like(meta_param, device="cpu")``, as libraries do for keys a
+    checkpoint lacks)."""
     if not tensors:
         return _is_factory_schema(func)
-    return (
-        device is not None
-        and func.overloadpacket.__name__.endswith("_like")
-        and all(t.device.type == "meta" for t in tensors)
-    )
+    on_meta = [t.device.type == "meta" for t in tensors]
+    if func.overloadpacket in _SHAPE_ONLY and not any(on_meta):
+        return True
+    return device is not None and func.overloadpacket.__name__.endswith("_like") and all(on_meta)
+
+
+def _draw_for_real(
+    func: torch._ops.OpOverload,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    tensors: list[torch.Tensor],
+) -> None:
+    """A random op on real tensors inside the context draws now, from where eager's generator
+    would stand after the random ops recorded so far."""
+    from ._replay import run_for_draws
+
+    bound = _bind(func, args, kwargs)
+    device = _output_device(bound, tensors)
+    if device.type != "meta":  # meta tensors draw nothing
+        _rng.place_for_real_draw(bound.get("generator"), device, run_for_draws)
 
 
 def _writes_real_tensor(
@@ -285,6 +303,8 @@ def _record(
     if "device" in names and (not tensors or meta_kwargs.get("device") is not None):
         meta_kwargs["device"] = torch.device("meta")
     meta_kwargs.pop("pin_memory", None)
+    if meta_kwargs.get("generator") is not None:
+        meta_kwargs["generator"] = None  # shapes never depend on it; some meta kernels refuse it
     forced_out = None
     try:
         if _is_plain_normal_(func, bound):
@@ -417,7 +437,8 @@ def _add_node(
         wrapped.append(LazyTensor(m, storage))
 
     if _is_random(packet):
-        _attach_rng(node, bound, device)
+        target = next(m for m in tree_flatten(meta_out)[0] if isinstance(m, torch.Tensor))
+        _attach_rng(node, bound, device, _draws.count(func, target, bound, device))
     if forced_out is not None:
         # The op already ran for real on early values: their caches now include this write.
         for t, _ in written.values():
@@ -445,11 +466,14 @@ def _alias_per_leaf(meta_out: Any, returns: list[Any]) -> list[Any]:
     return leaves
 
 
-def _attach_rng(node: Node, bound: dict[str, Any], device: torch.device) -> None:
+def _attach_rng(node: Node, bound: dict[str, Any], device: torch.device, draws: int | None) -> None:
     from ._context import rng_mode
+    from ._replay import run_for_draws
 
-    stream = _rng.stream_for(bound.get("generator"), device)
-    node.rng = stream.fast_step(node) if rng_mode() == "fast" else stream.append(node)
+    fast = rng_mode() == "fast"
+    node.rng = _rng.record_step(
+        node, bound.get("generator"), device, draws, fast=fast, run=run_for_draws
+    )
 
 
 def _keep_forced(storage: LazyStorage, value: torch.Tensor, op: str) -> None:
@@ -615,4 +639,5 @@ def _record_deferred(
     node.writes.append(Write(s, s.version + 1, ref=ref, keeps_base=not _covers_storage(t._meta, s)))
     s.writers.append(node)
     if random:
-        _attach_rng(node, {"generator": call_kwargs.get("generator")}, t.device)
+        draws = _draws.count_library_call(name, t._meta, call_kwargs, t.device)
+        _attach_rng(node, {"generator": call_kwargs.get("generator")}, t.device, draws)

@@ -18,17 +18,20 @@ Values computed early (``.item()`` during construction) are kept on the lazy sto
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import sys
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from . import _rng
+from . import _mt19937, _rng
 from ._graph import Constant, EarlyRecord, LazyStorage, Node, TensorRef, Write
 from ._lazy_tensor import LazyTensor, describe
 from .errors import LazyTensorError, MaterializationError
@@ -118,10 +121,98 @@ class _Prefetcher:
             self.budget.release()
 
 
+class _Generators:
+    """Private generators that replay draws from, placed at each random op's position (see
+    [Note: RNG positions] in ``_rng.py``): materializing never touches the user's generators,
+    and draws between two needed ops are jumped over, not made."""
+
+    def __init__(self) -> None:
+        self.private: dict[torch.device, torch.Generator] = {}
+        self.at: dict[torch.device, _rng.Position] = {}  # where each stands, when known
+
+    def _place(self, step: _rng.RngStep) -> torch.Generator:
+        if step.start is None:
+            assert step.stream is not None
+            step.stream.resolve(run_for_draws)
+        start = step.start
+        assert start is not None
+        gen = self.private.get(step.device)
+        if gen is None:
+            gen = self.private[step.device] = torch.Generator(device=step.device)
+        here = self.at.pop(step.device, None)
+        if here is not None and here.anchor is start.anchor and here.draws <= start.draws:
+            if start.draws > here.draws:  # short gaps draw, long ones jump
+                gen.set_state(_mt19937.advance(gen.get_state(), start.draws - here.draws))
+        else:
+            gen.set_state(start.state())
+        return gen
+
+    @contextlib.contextmanager
+    def placed(self, node: Node, call_kwargs: dict[str, Any]) -> Iterator[Callable[..., Any]]:
+        """The op to call (inside the block) so that it draws from its exact place."""
+        step = node.rng
+        if step is None:
+            yield node.op
+            return
+        gen = self._place(step)
+        op = _with_generator(node.op)
+        if op is not None:
+            call_kwargs["generator"] = gen
+            yield op
+        else:  # an op that only draws from the default generator: lend it, then give it back
+            default = _rng.default_generator(step.device)
+            saved = default.get_state()
+            default.set_state(gen.get_state())
+            try:
+                yield node.op
+                gen.set_state(default.get_state())
+            finally:
+                default.set_state(saved)
+        if step.draws is not None:
+            self.at[step.device] = step.start.after(step.draws)  # type: ignore[union-attr]
+
+    def state(self, device: torch.device) -> torch.Tensor:
+        return self.private[device].get_state()
+
+
+@functools.cache
+def _with_generator(op: Any) -> Any:
+    """``op``, or its overload that takes a ``generator`` (``randperm.default`` ->
+    ``randperm.generator``); None if it has none (``native_dropout``)."""
+    if isinstance(op, torch._ops.OpOverload):
+        names = [a.name for a in op._schema.arguments]
+        if "generator" in names:
+            return op
+        packet = op.overloadpacket
+        for name in packet.overloads():
+            other = getattr(packet, name)
+            other_names = [a.name for a in other._schema.arguments]
+            if "generator" in other_names and [n for n in other_names if n != "generator"] == names:
+                return other
+        return None
+    fn = getattr(op, "fn", None)  # a recorded library call
+    return op if fn is not None and "generator" in inspect.signature(fn).parameters else None
+
+
+def run_for_draws(step: _rng.RngStep) -> torch.Tensor:
+    """Run a random op for its draws alone, into scratch memory, from its exact position; return
+    the generator state after it (an op whose draw count is not known without running it)."""
+    assert step.node is not None
+    p = _Pass([], draw_only=[step.node])
+    p.execute(lambda s, v: None, progress=False)
+    return p.generators.state(step.device)
+
+
 class _Pass:
     """One replay pass (see the module docstring)."""
 
-    def __init__(self, targets: list[LazyStorage]) -> None:
+    def __init__(
+        self,
+        targets: list[LazyStorage],
+        draw_only: Iterable[Node] = (),
+        stats: ReplayStats | None = None,
+    ) -> None:
+        self.stats = stats if stats is not None else ReplayStats()
         self.targets = {id(s): s for s in targets}  # not yet handed over
         self.target_ids = frozenset(self.targets)
         # Use an early value only if the pass needs no version older than it.
@@ -130,8 +221,11 @@ class _Pass:
         self.need: dict[int, set[int]] = defaultdict(set)
         self.storages: dict[int, LazyStorage] = {}
         self._walk([(s, s.version) for s in targets])
-        self.advance: dict[_rng.RngStep, None] = {}
-        self._close_streams()
+        # Nodes run only to find where their random draws end (see [Note: RNG positions]).
+        self.draw_only = {n: None for n in draw_only if n not in self.run}
+        for n in self.draw_only:
+            self._walk([(s, r.version) for r in n.reads if (s := r.storage) is not None])
+        self.generators = _Generators()
 
     # -- planning ------------------------------------------------------------------------------
 
@@ -180,45 +274,12 @@ class _Pass:
             if _write_of(node, s, v).keeps_base:
                 stack.append((s, v - 1))
 
-    def _close_streams(self) -> None:
-        """Add the random steps that must be advanced to reach the needed ones."""
-        while True:
-            added: list[Node] = []
-            by_stream: dict[_rng.RngStream, list[int]] = defaultdict(list)
-            for node in self.run:
-                if node.rng is not None and node.rng.index >= 0:  # fast steps stand alone
-                    by_stream[node.rng.stream].append(node.rng.index)
-            for stream, indices in by_stream.items():
-                reached: int | None = None  # last step whose end state the pass will have
-                for i in sorted(indices):
-                    k = i
-                    while stream.step_at(k).state_before is None and k != (
-                        reached + 1 if reached is not None else None
-                    ):
-                        k -= 1
-                        if k not in stream.steps:
-                            raise AssertionError("random stream without a starting state")
-                    for j in range(k, i):
-                        step = stream.step_at(j)
-                        if step.node in self.run:
-                            continue
-                        if any(r.storage is not None for r in step.node.reads):
-                            added.append(step.node)  # its draws may depend on values: run it
-                        else:
-                            self.advance[step] = None
-                    reached = i
-            if not added:
-                return
-            for n in added:
-                self.run[n] = None
-                self._walk([(s, r.version) for r in n.reads if (s := r.storage) is not None])
-
     # -- execution -----------------------------------------------------------------------------
 
     def execute(self, on_ready: OnReady, progress: bool | None) -> None:
         """Run the pass; hand each target to ``on_ready`` as soon as its last write ran."""
         items: list[tuple[int, Node, bool]] = [(n.seq, n, True) for n in self.run]
-        items += [(s.node.seq, s.node, False) for s in self.advance if s.node not in self.run]
+        items += [(n.seq, n, False) for n in self.draw_only]
         items.sort(key=lambda item: item[0])
         self.values: dict[int, torch.UntypedStorage] = {}
         self._start_from_caches()
@@ -226,21 +287,18 @@ class _Pass:
         self.scratch = _Scratch()
         self.on_ready = on_ready
         self.prefetch = _Prefetcher(self._fresh_targets())
-        saved: dict[_rng.RngStream, torch.Tensor] = {}
         bar = _progress_bar(len(items), progress)
         try:
             with _real_execution():
                 for s in list(self.targets.values()):
                     self._hand_over_if_done(s)  # an early value may already be current
                 for _, node, real in items:
-                    self._execute(node, real, saved)
+                    self._execute(node, real)
                     bar.update(1)
             self._advance_caches()
         finally:
             self.prefetch.close()
             bar.close()
-            for stream, state in saved.items():
-                stream.generator.set_state(state)
         if self.targets:
             raise AssertionError(f"replay did not produce {len(self.targets)} storages")
 
@@ -282,16 +340,7 @@ class _Pass:
                     uses[id(w.storage)] += 1
         return uses
 
-    def _execute(self, node: Node, real: bool, saved: dict[_rng.RngStream, torch.Tensor]) -> None:
-        step = node.rng
-        if step is not None:
-            gen = step.stream.generator
-            if step.stream not in saved:
-                saved[step.stream] = gen.get_state()
-            if step.state_before is not None:
-                gen.set_state(step.state_before)
-            else:
-                step.state_before = gen.get_state()
+    def _execute(self, node: Node, real: bool) -> None:
         if real and self._move_instead_of_copy(node):
             out = None
         else:
@@ -301,14 +350,16 @@ class _Pass:
             ]
             call_args, call_kwargs = tree_unflatten(args, node.spec)
             try:
-                out = node.op(*call_args, **call_kwargs)
+                with self.generators.placed(node, call_kwargs) as op:
+                    out = op(*call_args, **call_kwargs)
             except Exception as e:
                 raise MaterializationError(
                     f"replaying {node.label} failed: {type(e).__name__}: {e}"
                 ) from e
-        if step is not None and step.stream.is_last(step):
-            step.stream.end_state = step.stream.generator.get_state()
         if real:
+            self.stats.ops += 1
+            if node.rng is not None:
+                self.stats.random_ops.append(node.label)
             self._keep_outputs(node, out)
             self._release_inputs(node)
             for w in node.writes:
@@ -448,8 +499,20 @@ def _progress_bar(total: int, progress: bool | None) -> Any:
 OnReady = Callable[[LazyStorage, torch.UntypedStorage], None]
 
 
+@dataclass
+class ReplayStats:
+    """What a replay ran, for :class:`~dormant.MaterializeReport`."""
+
+    ops: int = 0
+    random_ops: list[str] = field(default_factory=list)  # computed for their values
+
+
 def compute_each(
-    storages: Iterable[LazyStorage], on_ready: OnReady, *, progress: bool | None = None
+    storages: Iterable[LazyStorage],
+    on_ready: OnReady,
+    *,
+    progress: bool | None = None,
+    stats: ReplayStats | None = None,
 ) -> None:
     """Compute the current values of ``storages`` in one pass, streaming them out.
 
@@ -459,15 +522,20 @@ def compute_each(
     """
     targets = list({id(s): s for s in storages}.values())
     if targets:
-        _Pass(targets).execute(on_ready, progress)
+        _Pass(targets, stats=stats).execute(on_ready, progress)
 
 
 def compute(
-    storages: Iterable[LazyStorage], *, progress: bool | None = None
+    storages: Iterable[LazyStorage],
+    *,
+    progress: bool | None = None,
+    stats: ReplayStats | None = None,
 ) -> dict[int, torch.UntypedStorage]:
     """Compute the current values of ``storages``, keyed by ``id(storage)``."""
     values: dict[int, torch.UntypedStorage] = {}
-    compute_each(storages, lambda s, v: values.__setitem__(id(s), v), progress=progress)
+    compute_each(
+        storages, lambda s, v: values.__setitem__(id(s), v), progress=progress, stats=stats
+    )
     return values
 
 

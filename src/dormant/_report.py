@@ -30,6 +30,9 @@ class MaterializeReport:
     numel: int = 0
     early: list[EarlyTensor] = field(default_factory=list)
     seconds: float = 0.0
+    ops_replayed: int = 0
+    # Random ops computed for their values (those whose draws were overwritten are jumped over).
+    random_ops: list[str] = field(default_factory=list)
 
     @property
     def early_numel(self) -> int:
@@ -63,6 +66,7 @@ class MaterializeReport:
             f"  lazy rate: {self.lazy_rate:.2%} of {self.numel:,} elements",
             f"  materialized early: {len(self.early)} tensors, {self.early_numel:,} elements "
             f"({1 - self.lazy_rate:.2%}), {_human(early_bytes)}",
+            f"  replayed: {self.ops_replayed} ops, {len(self.random_ops)} of them random",
         ]
         lines += [f"    - {e.name}: forced by {e.op} at {e.where}" for e in self.early]
         return "\n".join(lines)

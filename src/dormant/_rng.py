@@ -1,127 +1,138 @@
-"""Random number streams: eager's draws, replayed in recorded order.
+"""Random streams: where each recorded random op draws, and where eager leaves each generator.
 
-[Note: RNG]
-Recording draws nothing: every generator keeps its state while a model is built lazily. Each
-random op recorded is appended, in order, as an :class:`RngStep` of the stream of the generator
-it would have drawn from (the default generator of its device, or the explicit
-``torch.Generator`` it was given). The first step of a stream remembers the generator's state;
-replay sets that state and runs the steps in order, so step ``k`` sees exactly the state eager
-construction gave it. Every step that replay passes remembers its ``state_before``, so later
-passes (another submodule, another order) jump straight to any step already passed.
+[Note: RNG positions]
+Recording draws nothing. Each random op recorded gets the *position* on its generator's stream
+where eager construction would have drawn it (:class:`Position`): an *anchor*, a generator state
+seen for real (the state at context entry, after ``torch.manual_seed`` in model code, or after
+an op that had to run to be counted), plus the number of 32-bit draws eager made since then
+(``_draws``). ``_mt19937.advance`` turns a position into the exact generator state in at most
+about 20 ms, whatever the distance. Hence:
 
-A step whose values nobody needs still consumed numbers in eager, so replay *advances* over it:
-it runs the same op into scratch memory of the same size, stride and dtype. Steps with nothing
-left to compute are dropped once a later step's state is known, so streams do not grow across
-build/materialize cycles.
+- when a :class:`~dormant.LazyInitContext` exits, every generator the model code drew from is
+  set where eager construction leaves it (:func:`finish_session`), so two contexts in a row
+  continue one stream and a seeded training run is the same as after an eager build;
+- replay places a private generator at each needed op's position: draws that later code
+  overwrote are skipped, and the user's generators are never touched by materialization;
+- an op whose count is not known without running it (no rule; CUDA; ``trunc_normal_`` whose
+  bounds a sample can reach) ends the run of known positions. It is run for its draws alone, from
+  its exact position into scratch memory, when a later position is first needed: at context
+  exit at the latest (:meth:`RngStream.resolve`).
 
-Each ``LazyInitContext`` starts a new segment from the generator's state at that moment, and so
-does any change of state while steps are being recorded (``torch.manual_seed`` inside the model
-code, or a real random op), as eager would see it. Since recording draws nothing, two contexts
-entered one after the other from the same state draw the same numbers: build modules that must
-differ in one context, or seed in between.
+A random op on a lazy tensor *outside* the context (an init after building) is a session of its
+own: its position is the generator's state at that moment, and the generator is moved past it
+at once, as eager would.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+
+from . import _mt19937
 
 if TYPE_CHECKING:
     from ._graph import Node
 
 
+@dataclass(frozen=True, eq=False)
+class Position:
+    """A place on a generator's stream: ``draws`` 32-bit draws after the state ``anchor``."""
+
+    anchor: torch.Tensor
+    draws: int = 0
+
+    def state(self) -> torch.Tensor:
+        """The exact generator state at this position."""
+        return _mt19937.advance(self.anchor, self.draws) if self.draws else self.anchor
+
+    def after(self, draws: int) -> Position:
+        return Position(self.anchor, self.draws + draws)
+
+
 class RngStep:
-    """One recorded random op in a stream."""
+    """One recorded random op: where it starts drawing and how many draws it takes."""
 
-    __slots__ = ("index", "node", "state_before", "stream")
+    __slots__ = ("device", "draws", "node", "start", "stream")
 
-    def __init__(self, stream: RngStream, index: int, node: Node) -> None:
-        self.stream = stream
-        self.index = index  # absolute position in the stream (survives compaction)
-        # The step owns its node, to advance over it even when its values are no longer wanted.
-        # A node holds the storages it writes only weakly, so this keeps no tensor alive.
-        self.node = node
-        self.state_before: torch.Tensor | None = None
+    def __init__(
+        self, node: Node, device: torch.device, start: Position | None, draws: int | None
+    ) -> None:
+        self.device = device  # of the generator drawn from
+        # The node is owned here only while the step's draws may still have to be run.
+        self.node: Node | None = node
+        self.start = start  # None until an uncounted op before it has run
+        self.draws = draws  # None: not known without running the op
+        self.stream: RngStream | None = None  # set while the step waits to be resolved
 
-    def wanted(self) -> bool:
-        """Whether some live storage may still need this step's values."""
-        return any(w.storage is not None for w in self.node.writes)
+
+# Runs a step's op for its draws alone, from ``step.start``; returns the generator state after.
+Runner = Callable[[RngStep], torch.Tensor]
 
 
 class RngStream:
-    """The recorded draws of one generator."""
+    """The random ops recorded on one generator during one session."""
 
     def __init__(self, generator: torch.Generator) -> None:
         self.generator = generator
-        # Steps by absolute index, in order. Compaction may leave gaps, but only before a step
-        # whose ``state_before`` is known, so replay never needs to cross one.
-        self.steps: dict[int, RngStep] = {}
-        self.next_index = 0
-        self.untouched = generator.get_state()  # what the generator holds if nobody drew
-        self.resume: torch.Tensor | None = self.untouched  # state before the next new step
-        self.end_state: torch.Tensor | None = None  # state after the last step, once replayed
-        self.new_segment = True  # the next step starts from the generator's current state
+        self.seen = generator.get_state()  # what the generator held when last looked at
+        self.cursor: Position | None = Position(self.seen)  # after the last step, if known
+        self.pending: list[RngStep] = []  # steps waiting for an uncounted step to run
+        self.fast_count = 0
 
-    def append(self, node: Node) -> RngStep:
-        step = RngStep(self, self.next_index, node)
+    def _notice_changes(self) -> None:
+        # Model code seeded the generator, or drew from it for real: eager goes on from there.
         current = self.generator.get_state()
-        if self.new_segment or not torch.equal(current, self.untouched):
-            # A new context, or someone seeded or drew for real: eager would continue from here.
-            self.untouched = current
-            self.new_segment = False
-            step.state_before = current
-        elif not self.steps:
-            step.state_before = self.resume
-        self.end_state = None
-        self.steps[step.index] = step
-        self.next_index += 1
+        if not torch.equal(current, self.seen):
+            self.seen = current
+            self.cursor = Position(current)
+
+    def append(self, node: Node, draws: int | None) -> RngStep:
+        self._notice_changes()
+        step = RngStep(node, self.generator.device, self.cursor, draws)
+        if self.cursor is not None and draws is not None:
+            self.cursor = self.cursor.after(draws)
+            step.node = None  # a counted step never has to run for its draws
+        else:
+            step.stream = self
+            self.pending.append(step)
+            self.cursor = None
         return step
 
     def fast_step(self, node: Node) -> RngStep:
         """A step for ``rng="fast"``: its own state, derived from the generator's state and the
-        step's position, so nothing before it needs to be replayed (index -1: not in order)."""
-        current = self.generator.get_state()
-        if self.new_segment or not torch.equal(current, self.untouched):
-            self.untouched = current
-            self.new_segment = False
-            self.fast_count = 0
-        self.fast_count = getattr(self, "fast_count", 0) + 1
-        digest = hashlib.blake2b(self.untouched.numpy().tobytes(), digest_size=8)
+        step's position in the model code; it does not move the stream."""
+        self._notice_changes()
+        self.fast_count += 1
+        digest = hashlib.blake2b(self.seen.numpy().tobytes(), digest_size=8)
         digest.update(self.fast_count.to_bytes(8, "little"))
         derived = torch.Generator(device=self.generator.device)
         derived.manual_seed(int.from_bytes(digest.digest(), "little") >> 1)
-        step = RngStep(self, -1, node)
-        step.state_before = derived.get_state()
-        return step
+        return RngStep(node, self.generator.device, Position(derived.get_state()), None)
 
-    def step_at(self, index: int) -> RngStep:
-        return self.steps[index]
+    def resolve(self, run: Runner) -> None:
+        """Run the uncounted steps for their draws, in order, so every step has a start."""
+        cursor: Position | None = None
+        for step in self.pending:
+            if step.start is None:
+                if cursor is None:
+                    raise AssertionError("random stream without a starting state")
+                step.start = cursor
+            cursor = step.start.after(step.draws) if step.draws is not None else Position(run(step))
+            step.stream, step.node = None, None
+        self.pending.clear()
+        if self.cursor is None:
+            self.cursor = cursor
 
-    def is_last(self, step: RngStep) -> bool:
-        return step.index == self.next_index - 1
-
-    def compact(self) -> None:
-        """Drop runs of steps that nothing needs and after which the generator state is known."""
-        run: list[int] = []
-        for index, step in list(self.steps.items()):
-            if step.state_before is not None:
-                for dead in run:
-                    del self.steps[dead]
-                run = []
-            if not step.wanted():
-                run.append(index)
-            else:
-                run = []
-        if run and self.end_state is not None:
-            for dead in run:
-                del self.steps[dead]
-            if not self.steps:
-                self.resume = self.end_state
-
-
-_streams: dict[int, RngStream] = {}
+    def end_state(self, run: Runner) -> torch.Tensor:
+        """Where eager construction leaves the generator."""
+        self._notice_changes()
+        self.resolve(run)
+        assert self.cursor is not None
+        return self.cursor.state()
 
 
 def default_generator(device: torch.device) -> torch.Generator:
@@ -133,26 +144,73 @@ def default_generator(device: torch.device) -> torch.Generator:
     raise NotImplementedError(f"dormant has no random stream for device type {device.type!r}")
 
 
-def stream_for(generator: torch.Generator | None, device: torch.device) -> RngStream:
-    """The stream of ``generator``, or of ``device``'s default generator when it is None."""
-    gen = generator if generator is not None else default_generator(device)
-    # Generators passed through the dispatcher come back as new Python objects over the same
-    # C++ generator: key by the latter. The stream keeps it alive, so the key stays unique.
-    key: int = gen._cdata  # type: ignore[attr-defined]
-    stream = _streams.get(key)
-    if stream is None:
-        stream = _streams[key] = RngStream(gen)
-    return stream
+class Session:
+    """The streams of one recording session: a context, or one op on lazy tensors outside it."""
+
+    def __init__(self) -> None:
+        # Keyed by the C++ generator: the dispatcher hands out new Python objects for it.
+        self.streams: dict[int, RngStream] = {}
+
+    def stream_for(self, generator: torch.Generator | None, device: torch.device) -> RngStream:
+        gen = generator if generator is not None else default_generator(device)
+        key: int = gen._cdata  # type: ignore[attr-defined]
+        stream = self.streams.get(key)
+        if stream is None:
+            stream = self.streams[key] = RngStream(gen)
+        return stream
+
+    def finish(self, run: Runner) -> None:
+        """Set every generator where eager construction would have left it."""
+        try:
+            for stream in self.streams.values():
+                stream.generator.set_state(stream.end_state(run))
+        finally:
+            self.streams.clear()
 
 
-def compact_all() -> None:
-    """Forget the steps that no live lazy tensor needs (after materializing)."""
-    for stream in _streams.values():
-        stream.compact()
+_active: Session | None = None
 
 
-def start_segments() -> None:
-    """Called when a LazyInitContext is entered: every stream restarts from its current state."""
-    for stream in _streams.values():
-        stream.new_segment = True
-        stream.compact()
+def begin_session() -> None:
+    """A LazyInitContext was entered: streams start from the generators' current states."""
+    global _active
+    _active = Session()
+
+
+def end_session(run: Runner | None) -> None:
+    """The context exited: move the generators where eager leaves them (``run`` is None after
+    an exception in model code: the generators then stay where they were)."""
+    global _active
+    session, _active = _active, None
+    if session is not None and run is not None:
+        session.finish(run)
+
+
+def record_step(
+    node: Node,
+    generator: torch.Generator | None,
+    device: torch.device,
+    draws: int | None,
+    *,
+    fast: bool,
+    run: Runner,
+) -> RngStep:
+    """Place a recorded random op on its stream. Outside a context the op is a session of its
+    own: the generator moves past it now, as eager's would."""
+    session = _active if _active is not None else Session()
+    stream = session.stream_for(generator, device)
+    step = stream.fast_step(node) if fast else stream.append(node, draws)
+    if session is not _active:
+        session.finish(run)
+    return step
+
+
+def place_for_real_draw(
+    generator: torch.Generator | None, device: torch.device, run: Runner
+) -> None:
+    """Model code is about to draw for real inside the context (a random op on a real tensor):
+    put the generator where eager construction would have it by now."""
+    if _active is None:
+        return
+    stream = _active.stream_for(generator, device)
+    stream.generator.set_state(stream.end_state(run))

@@ -1,0 +1,193 @@
+"""How many 32-bit draws each random op takes from PyTorch's CPU generator.
+
+Knowing the count of every recorded random op places each one on its generator's stream without
+drawing (``_mt19937.advance``), so the context can leave the generator where eager leaves it and
+replay can skip the draws nobody needs. The rules below were measured on torch 2.13 (CPU); they
+depend on PyTorch's kernels, so each is checked once per process against the installed torch
+with tiny tensors (:func:`holds`) before it is trusted. An op without a rule, or whose rule
+does not hold, returns None: its place on the stream is then found by running it (exact, slower).
+
+[Note: normal_ and its cache]
+``normal_`` on a contiguous tensor of 16 or more elements turns uniform draws into normals in
+blocks of 16 and ignores the generator's cached normal. Smaller or strided tensors take a path
+that reads and writes that cache (part of the generator state): no count is given for them, so
+they run for real, from their exact position, and the cache is right afterwards.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import _disable_current_modes
+
+from . import _mt19937
+
+aten = torch.ops.aten
+
+# Beyond this many standard deviations, no normal sample can fall: the Box-Muller radius is
+# sqrt(-2 ln u) with u >= 2^-53 (double path; 2^-24 for float, 5.77), at most 8.58.
+_NORMAL_REACH = 8.6
+
+
+def _word_size(dtype: torch.dtype) -> int:
+    return 2 if dtype in (torch.float64, torch.int64) else 1
+
+
+def _uniform(n: int, dtype: torch.dtype, _: dict[str, Any]) -> int:
+    return n * (2 if dtype == torch.float64 else 1)
+
+
+def _normal(n: int, dtype: torch.dtype, _: dict[str, Any]) -> int:
+    blocks = -(-n // 16)
+    if dtype in (torch.float16, torch.bfloat16):
+        return 16 * blocks
+    tail = 16 if n % 16 else 0
+    return (n + tail) * (2 if dtype == torch.float64 else 1)
+
+
+def _random(n: int, dtype: torch.dtype, _: dict[str, Any]) -> int:
+    return n * _word_size(dtype)  # random_() over the dtype's whole range
+
+
+def _random_range(n: int, dtype: torch.dtype, bound: dict[str, Any]) -> int:
+    low, high = bound.get("from", bound.get("low", 0)), bound.get("to", bound.get("high"))
+    return n * (2 if high - low >= 2**28 else 1)
+
+
+def _randperm(n: int, dtype: torch.dtype, bound: dict[str, Any]) -> int:
+    return max(int(bound["n"]) - 1, 0)
+
+
+def _two_per_element(n: int, dtype: torch.dtype, _: dict[str, Any]) -> int:
+    return 2 * n
+
+
+def _bernoulli_tensor(n: int, p_dtype: torch.dtype, _: dict[str, Any]) -> int:
+    return n * (2 if p_dtype == torch.float64 else 1)  # one draw per probability read
+
+
+_Count = Callable[[int, torch.dtype, dict[str, Any]], int]
+
+
+@dataclass(frozen=True, eq=False)
+class _Rule:
+    """The draws of one kernel, and how to check them: ``probe(tensor, generator)`` runs it."""
+
+    draws: _Count
+    probe: Callable[[torch.Tensor, torch.Generator], object]
+    probe_args: dict[str, Any]
+    block_path: bool = False  # holds only for contiguous targets of 16+ elements
+
+
+UNIFORM = _Rule(_uniform, lambda t, g: t.uniform_(generator=g), {})
+NORMAL = _Rule(_normal, lambda t, g: t.normal_(generator=g), {}, block_path=True)
+RANDOM = _Rule(_random, lambda t, g: t.random_(generator=g), {})
+RANDOM_RANGE = _Rule(_random_range, lambda t, g: t.random_(0, 100, generator=g), {"to": 100})
+RANDPERM = _Rule(_randperm, lambda t, g: torch.randperm(t.numel(), generator=g), {})
+BERNOULLI = _Rule(_two_per_element, lambda t, g: t.bernoulli_(0.5, generator=g), {})
+BERNOULLI_P = _Rule(
+    _bernoulli_tensor, lambda t, g: t.bernoulli_(torch.full_like(t, 0.5), generator=g), {}
+)
+EXPONENTIAL = _Rule(_two_per_element, lambda t, g: t.exponential_(generator=g), {})
+
+_RULES: dict[Any, _Rule] = {
+    aten.uniform_.default: UNIFORM,
+    aten.rand.default: UNIFORM,
+    aten.rand.generator: UNIFORM,
+    aten.rand_like.default: UNIFORM,
+    aten.rand_like.generator: UNIFORM,
+    aten.normal_.default: NORMAL,
+    aten.randn.default: NORMAL,
+    aten.randn.generator: NORMAL,
+    aten.randn_like.default: NORMAL,
+    aten.randn_like.generator: NORMAL,
+    aten.normal.float_float: NORMAL,
+    aten.random_.default: RANDOM,
+    aten.random_.to: RANDOM_RANGE,
+    getattr(aten.random_, "from"): RANDOM_RANGE,
+    aten.randint.default: RANDOM_RANGE,
+    aten.randint.low: RANDOM_RANGE,
+    aten.randint.generator: RANDOM_RANGE,
+    aten.randint.low_generator: RANDOM_RANGE,
+    aten.randint_like.default: RANDOM_RANGE,
+    aten.randint_like.generator: RANDOM_RANGE,
+    aten.randint_like.low_dtype: RANDOM_RANGE,
+    aten.randint_like.low_generator_dtype: RANDOM_RANGE,
+    aten.randperm.default: RANDPERM,
+    aten.randperm.generator: RANDPERM,
+    aten.bernoulli_.float: BERNOULLI,
+    aten.bernoulli_.Tensor: BERNOULLI_P,
+    aten.bernoulli.default: BERNOULLI_P,
+    aten.exponential_.default: EXPONENTIAL,
+}
+
+
+def count(op: Any, target: torch.Tensor, bound: dict[str, Any], device: torch.device) -> int | None:
+    """32-bit draws ``op`` takes from a CPU generator to fill ``target`` (the meta tensor of its
+    output or of the tensor it writes, on ``device``), or None when that is not known without
+    running it."""
+    rule = _RULES.get(op)
+    if rule is None or device.type != "cpu":
+        return None
+    n = target.numel()
+    if rule.block_path and (n < 16 or not target.is_contiguous()):
+        return None  # see [Note: normal_ and its cache]
+    if rule.draws is _random_range and bound.get("to", bound.get("high")) is None:
+        return None  # random_(from, None): up to the dtype's limit, not checked
+    dtype = target.dtype
+    if rule is BERNOULLI_P:  # draws follow the probabilities' dtype
+        p = bound.get("p", bound.get("self"))
+        dtype = p.dtype if isinstance(p, torch.Tensor) else dtype
+    if not holds(rule, dtype):
+        return None
+    return rule.draws(n, dtype, bound)
+
+
+def count_library_call(
+    name: str, target: torch.Tensor, call: dict[str, Any], device: torch.device
+) -> int | None:
+    """Draws of a recorded ``torch.nn.init`` call (see ``_record``'s deferred library init)."""
+    if device.type != "cpu" or not target.is_contiguous() or target.numel() < 16:
+        return None
+    dtype, n = target.dtype, target.numel()
+    if not holds(NORMAL, dtype):
+        return None
+    if name == "torch.nn.init.orthogonal_":
+        return _normal(n, dtype, {})  # one normal_ on a fresh (rows, cols) tensor, then QR
+    if name == "torch.nn.init.trunc_normal_":
+        mean, std, a, b = (float(call[k]) for k in ("mean", "std", "a", "b"))
+        if not (std > 0 and math.isfinite(mean)):
+            return None
+        # One round of normal_ when no sample can fall outside [a, b]; otherwise the number of
+        # rounds depends on the values.
+        if a <= mean - _NORMAL_REACH * std and b >= mean + _NORMAL_REACH * std:
+            return _normal(n, dtype, {})
+    return None
+
+
+# --- checking the rules against the installed torch ------------------------------------------
+
+
+@functools.cache
+def holds(rule: _Rule, dtype: torch.dtype) -> bool:
+    """Whether ``rule`` gives the draws the installed torch takes, at a few sizes."""
+    gen = torch.Generator()
+    # Often first asked while model code records (under torch.device("meta") even): run real ops.
+    with _disable_current_modes(), torch._C.DisableTorchFunction(), torch.no_grad():
+        for n in (16, 37, 1000):
+            gen.manual_seed(n)
+            target = torch.empty(n, dtype=dtype, device="cpu")
+            start = gen.get_state()
+            try:
+                rule.probe(target, gen)
+            except (RuntimeError, TypeError, ValueError, NotImplementedError):
+                return False  # the kernel does not take this dtype: no rule
+            expected = _mt19937.advance(start, rule.draws(n, dtype, {**rule.probe_args, "n": n}))
+            if not torch.equal(expected, gen.get_state()):
+                return False
+    return True

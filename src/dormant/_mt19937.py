@@ -1,0 +1,171 @@
+"""Advancing PyTorch's CPU generator by any number of draws without drawing.
+
+[Note: mt19937 jump-ahead]
+PyTorch's CPU generator is mt19937. Its state is 624 32-bit words (one *block* of the untempered
+word sequence x_0, x_1, ... with x_k = x_{k-227} ^ twist(x_{k-624}, x_{k-623})) and a position
+in that block. Every bit lane of the sequence obeys one linear recurrence over GF(2) whose
+characteristic polynomial P has degree 19937 (135 terms, :data:`CHARPOLY`). Hence for any J,
+with q = x^J mod P, x_{J+j} = XOR over {i : q_i = 1} of x_{i+j}: the block J words ahead is a
+XOR of shifted windows of the first 19937 + 624 words, whatever J is. q is found in log2(J)
+steps (:func:`_x_pow_mod`); the whole jump takes about 10-20 ms for any J up to 2^64. Short
+jumps simply draw (numpy's C MT19937, a few ns per word).
+
+The generator state that ``torch.Generator.get_state()`` returns (5056 bytes, see
+:class:`_Layout`) also holds the seed and the cached normal samples; a jump keeps those.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+from numpy.lib.stride_tricks import sliding_window_view
+
+N = 624  # words per block
+DEGREE = 19937
+# Exponents of P, the characteristic polynomial of mt19937 over GF(2) (tests/test_rng.py derives
+# them again from the generator's output with Berlekamp-Massey).
+CHARPOLY = (
+    0, 1189, 1416, 1585, 1643, 1870, 2493, 2773, 3000, 3227, 3454, 3681, 3908, 4135, 4362,
+    4753, 5661, 6337, 6569, 7129, 7477, 7525, 7583, 7752, 7979, 8206, 9505, 9901, 9969, 10128,
+    10693, 10761, 10920, 11089, 11147, 11157, 11215, 11321, 11374, 11384, 11485, 11611, 11712,
+    11717, 11838, 11881, 11944, 11997, 12277, 12335, 12393, 12504, 12509, 12620, 12673, 12731,
+    12736, 12789, 12905, 12958, 12963, 13137, 13185, 13190, 13243, 13301, 13412, 13528, 13533,
+    13639, 13697, 13760, 13813, 13866, 14093, 14151, 14209, 14320, 14325, 14436, 14547, 14552,
+    14605, 14721, 14774, 14779, 14953, 15001, 15006, 15059, 15117, 15228, 15344, 15349, 15455,
+    15513, 15576, 15629, 15682, 15909, 15967, 16025, 16136, 16141, 16252, 16363, 16368, 16421,
+    16537, 16590, 16595, 16817, 16822, 16875, 16933, 17044, 17160, 17271, 17329, 17445, 17498,
+    17725, 17783, 17841, 17952, 18068, 18179, 18237, 18406, 18633, 18691, 18860, 19087, 19314,
+    19937,
+)  # fmt: skip
+# Below this many draws, drawing is faster than jumping.
+DRAW_BELOW = 1 << 18
+
+
+class _Layout:
+    """Byte offsets in the CPU generator state (aten's ``CPUGeneratorImplState``)."""
+
+    SIZE = 5056
+    LEFT = 8  # int32: words left in the block + 1 (1: the next draw regenerates)
+    NEXT = 16  # uint64: index of the next word in the block
+    WORDS = 24  # 624 x uint64, each holding one 32-bit word
+
+
+def _read(state: torch.Tensor) -> tuple[np.ndarray, int]:
+    """(block, pos): pos in 1..624 is the index of the next word; 624 means regenerate first."""
+    raw = state.numpy()
+    if raw.size != _Layout.SIZE:
+        raise ValueError(f"not a CPU generator state: {raw.size} bytes, expected {_Layout.SIZE}")
+    left = int(raw[_Layout.LEFT : _Layout.LEFT + 4].view(np.int32)[0])
+    nxt = int(raw[_Layout.NEXT : _Layout.NEXT + 8].view(np.uint64)[0])
+    words = raw[_Layout.WORDS : _Layout.WORDS + 8 * N].view(np.uint64).astype(np.uint32)
+    return words, (N if left == 1 else nxt)
+
+
+def _write(state: torch.Tensor, words: np.ndarray, pos: int) -> torch.Tensor:
+    raw = state.numpy().copy()
+    raw[_Layout.LEFT : _Layout.LEFT + 4] = np.array([N + 1 - pos], np.int32).view(np.uint8)
+    raw[_Layout.NEXT : _Layout.NEXT + 8] = np.array([pos], np.uint64).view(np.uint8)
+    raw[_Layout.WORDS : _Layout.WORDS + 8 * N] = words.astype(np.uint64).view(np.uint8)
+    return torch.from_numpy(raw)
+
+
+def _numpy_generator(words: np.ndarray, pos: int) -> np.random.MT19937:
+    # numpy's MT19937 keeps the same (block, pos) pair and regenerates at pos == 624, as torch.
+    bitgen = np.random.MT19937()
+    bitgen.state = {"bit_generator": "MT19937", "state": {"key": words, "pos": pos}}
+    return bitgen
+
+
+def _blocks(words: np.ndarray, count: int) -> np.ndarray:
+    """The untempered sequence x_0 .. x_{624 * count - 1}, starting from block ``words``."""
+    out = np.empty(N * count, np.uint32)
+    out[:N] = words
+    bitgen = _numpy_generator(words, N)
+    for b in range(1, count):
+        bitgen.random_raw(N)  # regenerates once, then hands out the new block
+        out[N * b : N * (b + 1)] = bitgen.state["state"]["key"]
+    return out
+
+
+_POLY_MASK = (1 << DEGREE) - 1
+# The reversed polynomial B(x) = x^DEGREE P(1/x), as exponents (B(0) = 1).
+_REVERSED = tuple(sorted(DEGREE - e for e in CHARPOLY))
+_SPREAD = np.array([sum(((b >> k) & 1) << (2 * k) for k in range(8)) for b in range(256)], "<u2")
+
+
+def _spread(v: int) -> int:
+    """v(x) -> v(x^2): over GF(2) this is squaring, bit k moves to bit 2k."""
+    as_bytes = np.frombuffer(v.to_bytes(DEGREE // 8 + 1, "little"), np.uint8)
+    return int.from_bytes(_SPREAD[as_bytes].tobytes(), "little")
+
+
+def _correlate(v: int) -> int:
+    """(w_j) -> (XOR_i B_i w_{i+j}), truncated to DEGREE coefficients."""
+    acc = 0
+    for e in _REVERSED:
+        acc ^= v >> e
+    return acc & _POLY_MASK
+
+
+@functools.lru_cache(maxsize=64)
+def _x_pow_mod(j: int) -> int:
+    """x^j mod P as an int (bit i: coefficient of x^i).
+
+    The k-th term of a sequence with characteristic polynomial P is ``[x^k] A(x) / B(x)``, where
+    B is P reversed and A depends linearly on the first DEGREE terms. Halving k (Bostan-Mori):
+    ``A/B = A(x)B(x) / B(x)^2`` and over GF(2) ``B(x)^2 = B(x^2)``, so only the even or odd part
+    of ``A*B`` survives. Each halving is linear in A; composing their transposes from the last
+    bit of ``j`` to the first turns "coefficient 0 at the end" into q, the weights of the first
+    DEGREE terms: exactly x^j mod P.
+    """
+    if j < DEGREE:
+        return 1 << j
+    v = 1
+    for bit in bin(j)[2:]:
+        v = _correlate(_spread(v) << (bit == "1"))
+    return _correlate(v)
+
+
+def _block_ahead(words: np.ndarray, j: int) -> np.ndarray:
+    """The block x_j .. x_{j+623} (j >= 1) of the sequence whose first block is ``words``.
+
+    Only 31 bits of x_0 are not part of the generator's state (the twist reads just its top
+    bit), so the recurrence holds from x_1 on: shift everything by one word.
+    """
+    q = _x_pow_mod(j - 1)
+    raw = np.frombuffer(q.to_bytes(DEGREE // 8 + 1, "little"), np.uint8)
+    taps = np.flatnonzero(np.unpackbits(raw, bitorder="little")[:DEGREE])
+    windows = sliding_window_view(_blocks(words, DEGREE // N + 2)[1:], N)
+    out = np.zeros(N, np.uint32)
+    for start in range(0, len(taps), 2048):  # bounded temporaries
+        out ^= np.bitwise_xor.reduce(windows[taps[start : start + 2048]], axis=0)
+    return out
+
+
+def advance(state: torch.Tensor, draws: int) -> torch.Tensor:
+    """The CPU generator state after ``draws`` more 32-bit draws (the cached normals are kept).
+
+    Example::
+
+        >>> g = torch.Generator().manual_seed(0)
+        >>> later = advance(g.get_state(), 10**12)  # about 10 ms
+        >>> _ = g.set_state(later)
+    """
+    if draws < 0:
+        raise ValueError(f"cannot move a generator back ({draws} draws)")
+    words, pos = _read(state)
+    if draws == 0:
+        return state.clone()
+    if draws < DRAW_BELOW:
+        bitgen = _numpy_generator(words, pos)
+        bitgen.random_raw(draws)
+        inner = bitgen.state["state"]
+        new_words, new_pos = np.asarray(inner["key"], np.uint32), int(inner["pos"])
+        if new_pos == 0:  # numpy may stop right after regenerating: the same point as torch's 624
+            raise AssertionError("unexpected numpy MT19937 position 0")
+        return _write(state, new_words, new_pos)
+    target = pos + draws  # sequence index of the next word to hand out
+    block = (target - 1) // N  # the block that holds the last word drawn
+    return _write(state, _block_ahead(words, N * block), target - N * block)
