@@ -112,10 +112,10 @@ class LazyInitContext:
             torch.device(default_device):``.
         rng: ``"exact"`` (default): random values equal eager construction's (draws that later
             code overwrote are jumped over, never made). ``"fast"``: each random op draws from
-            its own generator state, derived from the generator's state at entry and the op's position in the model code, so
-            overwritten draws are skipped entirely. Values then differ from eager but are the
+            its own generator state, derived from the generator's state at entry and the op's
+            position in the model code; no jumps. Values then differ from eager but are the
             same for a given seed and model code, whatever the world size, sharding or
-            materialization order.
+            materialization order; the generators are left as they were at entry.
 
     Example::
 
