@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -10,10 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import assert_same
-from safetensors.torch import save_file
+from safetensors.torch import save, save_file
 from torch import nn
 
 from dormant import CheckpointError, LazyInitContext, is_lazy, load_checkpoint, materialize
+from dormant.errors import DormantError
 
 
 class Net(nn.Module):
@@ -115,6 +119,212 @@ def test_mismatches_are_listed_and_nothing_is_loaded(tmp_path: Path) -> None:
     materialize(model)  # untouched: the model's own initialization
     torch.manual_seed(0)
     assert_same(Net(), model)
+
+
+# --- never silently wrong: changed files, stale shards, files that are not checkpoints -----------
+
+
+def lazy_net() -> Net:
+    torch.manual_seed(0)
+    with LazyInitContext():
+        return Net()
+
+
+def other_state() -> dict[str, torch.Tensor]:
+    torch.manual_seed(7)
+    return Net().state_dict()
+
+
+def materialize_fails(model: nn.Module, match: str) -> CheckpointError:
+    """``materialize(model)`` fails with a CheckpointError matching ``match`` (replay reports it
+    as the cause of a MaterializationError), and leaves the model lazy."""
+    with pytest.raises(DormantError, match=match) as info:
+        materialize(model)
+    err = info.value if isinstance(info.value, CheckpointError) else info.value.__cause__
+    assert isinstance(err, CheckpointError), repr(info.value)
+    assert is_lazy(model), "a refused read must leave the model lazy"
+    return err
+
+
+def assert_recovers(model: nn.Module, root: Path) -> None:
+    """After the error the model is usable: loading a good file, then materializing, is exact."""
+    state = source_state()
+    root.mkdir()
+    load_checkpoint(model, write("safetensors", state, root))
+    materialize(model)
+    assert_same(eager_reference(state), model)
+
+
+def move_into_place(new: Path, old: Path) -> None:
+    """Replace ``old`` (a file or a directory's files) by ``new``, as careful savers do."""
+    if new.is_dir():
+        for f in new.iterdir():
+            os.replace(f, old / f.name)
+    else:
+        os.replace(new, old)
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "sharded", "torch", "dcp"])
+def test_a_checkpoint_replaced_before_materialize_is_an_error(fmt: str, tmp_path: Path) -> None:
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "new").mkdir()
+    path = write(fmt, source_state(), tmp_path / "ckpt")
+    model = lazy_net()
+    load_checkpoint(model, path)
+    # Saved again with body.0.weight smaller: read blindly, it would fill a larger storage.
+    new = write(fmt, {**source_state(), "body.0.weight": torch.zeros(8, 16)}, tmp_path / "new")
+    move_into_place(new, path)
+    err = materialize_fails(
+        model,
+        r"checkpoint file \S+ckpt\S* changed after load_checkpoint \(replaced by another file"
+        r".*\), so \S+ was not read from it .* call load_checkpoint\(model, \.\.\.\) again",
+    )
+    assert err.path is not None and Path(err.path).parent in (path, path.parent)
+    assert_recovers(model, tmp_path / "good")
+
+
+TRUNCATE_PROBE = textwrap.dedent(
+    """
+    import os, sys, torch
+    from torch import nn
+    from safetensors.torch import load_file
+    from dormant import LazyInitContext, load_checkpoint, materialize
+    path, good = sys.argv[1], sys.argv[2]
+    with LazyInitContext():
+        model = nn.Linear(256, 256)
+    load_checkpoint(model, path)
+    os.truncate(path, os.path.getsize(path) // 2)
+    try:
+        materialize(model)
+    except Exception as e:
+        print(type(e.__cause__).__name__, e)
+    load_checkpoint(model, good)
+    materialize(model)
+    print("recovered", torch.equal(model.weight, load_file(good)["weight"]))
+    """
+)
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "torch"])
+def test_a_checkpoint_truncated_before_materialize_is_an_error_not_a_crash(
+    fmt: str, tmp_path: Path
+) -> None:
+    torch.manual_seed(3)
+    state = nn.Linear(256, 256).state_dict()
+    path = tmp_path / ("m.safetensors" if fmt == "safetensors" else "pytorch_model.bin")
+    save_file(state, path) if fmt == "safetensors" else torch.save(state, path)
+    save_file(state, tmp_path / "good.safetensors")
+    size = path.stat().st_size
+    # A child process: reading pages of a memory map past the new end of file is a SIGBUS.
+    run = subprocess.run(
+        [sys.executable, "-c", TRUNCATE_PROBE, str(path), str(tmp_path / "good.safetensors")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 0, f"returncode {run.returncode}: {run.stderr[-2000:]}"
+    assert re.search(
+        rf"CheckpointError .*checkpoint file {re.escape(str(path))} changed after "
+        rf"load_checkpoint \(size {size} -> {size // 2} bytes; modified\)",
+        run.stdout,
+    ), run.stdout
+    assert "recovered True" in run.stdout, run.stdout
+
+
+def test_a_file_rewritten_in_place_with_its_times_kept_is_an_error(tmp_path: Path) -> None:
+    state = source_state()
+    path = write("safetensors", state, tmp_path)
+    model = lazy_net()
+    load_checkpoint(model, path)
+    # The same bytes with another dtype, written over the file, its times set back (as
+    # `cp -p` or `rsync -t` leave them): only what is read can tell.
+    before = path.stat()
+    unique = {k: v for k, v in state.items() if k != "head.weight"}
+    data = save({**unique, "scale": state["scale"].view(torch.int32)})
+    assert len(data) == before.st_size
+    with open(path, "r+b") as f:
+        f.write(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    err = materialize_fails(
+        model,
+        re.escape(f"scale in {path} is now (16,) torch.int32, but was (16,) torch.float32"),
+    )
+    assert (err.key, err.path) == ("scale", str(path))
+    assert_recovers(model, tmp_path / "good")
+
+
+def write_indexed(state: dict[str, torch.Tensor], root: Path, shards: int, ext: str) -> None:
+    """``state`` in ``shards`` files and the index transformers writes; other files stay."""
+    unique = {k: v for k, v in state.items() if k != "head.weight"}
+    keys, stem = sorted(unique), "model" if ext == "safetensors" else "pytorch_model"
+    weight_map: dict[str, str] = {}
+    for i in range(shards):
+        name = f"{stem}-{i + 1:05d}-of-{shards:05d}.{ext}"
+        part = {k: unique[k] for k in keys[i::shards]}
+        save_file(part, root / name) if ext == "safetensors" else torch.save(part, root / name)
+        weight_map.update(dict.fromkeys(part, name))
+    index = {"metadata": {}, "weight_map": weight_map}
+    (root / f"{stem}.{ext}.index.json").write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize("ext", ["safetensors", "bin"])
+def test_the_index_says_which_shard_holds_each_key(ext: str, tmp_path: Path) -> None:
+    state = source_state()
+    write_indexed(other_state(), tmp_path, 3, ext)  # an older save, sharded otherwise
+    write_indexed(state, tmp_path, 2, ext)
+    model = lazy_net()
+    load_checkpoint(model, tmp_path)
+    materialize(model)
+    assert_same(eager_reference(state), model)
+
+
+def test_an_index_naming_a_missing_shard_is_an_error(tmp_path: Path) -> None:
+    write_indexed(source_state(), tmp_path, 2, "safetensors")
+    shard = tmp_path / "model-00002-of-00002.safetensors"
+    shard.unlink()
+    model = lazy_net()
+    with pytest.raises(CheckpointError, match=rf"to {re.escape(str(shard))}, which does not exist"):
+        load_checkpoint(model, tmp_path)
+    assert_recovers(model, tmp_path / "good")
+
+
+def test_a_key_in_two_files_without_an_index_is_an_error(tmp_path: Path) -> None:
+    write("sharded", source_state(), tmp_path)
+    save_file({"scale": torch.zeros(16)}, tmp_path / "stale.safetensors")
+    first, second = tmp_path / "model-00002-of-00002.safetensors", tmp_path / "stale.safetensors"
+    model = lazy_net()
+    with pytest.raises(
+        CheckpointError,
+        match=rf"scale is in both {re.escape(str(first))} and {re.escape(str(second))}, and no "
+        "index says which to use",
+    ):
+        load_checkpoint(model, tmp_path)
+    assert is_lazy(model)
+    assert_recovers(model, tmp_path / "good")
+
+
+SEEDED = torch.Generator().manual_seed(0)
+RANDOM_BYTES = torch.randint(0, 256, (4096,), dtype=torch.uint8, generator=SEEDED)
+NOT_CHECKPOINTS = {
+    "pytorch_model.bin": bytes(RANDOM_BYTES.tolist()),
+    "notes.txt": b"this is not a checkpoint\n",
+    "model.safetensors": b"{}",
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOT_CHECKPOINTS))
+def test_a_file_that_is_not_a_checkpoint_is_named_with_the_formats(
+    name: str, tmp_path: Path
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(NOT_CHECKPOINTS[name])
+    model = lazy_net()
+    with pytest.raises(
+        CheckpointError,
+        match=rf"{re.escape(str(path))} is not a checkpoint load_checkpoint can read: .*; it "
+        r"accepts a safetensors file, .* a torch.save state dict .* torch.distributed.checkpoint",
+    ):
+        load_checkpoint(model, path)
+    assert is_lazy(model)
+    assert_recovers(model, tmp_path / "good")
 
 
 PEAK_PROBE = textwrap.dedent(

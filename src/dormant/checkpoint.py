@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+import pickle
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,18 @@ _SAFETENSORS_DTYPES = {
 }
 
 
+_FORMATS = (
+    "a safetensors file, a directory of safetensors files (sharded, with or without "
+    "model.safetensors.index.json), an index file (*.index.json), a torch.save state dict "
+    "(pytorch_model.bin, model.pt, model.pth; sharded with pytorch_model.bin.index.json), or a "
+    "torch.distributed.checkpoint directory (with .metadata)"
+)
+_KEEP_FILES = (
+    "call load_checkpoint(model, ...) again to load the files as they are now, or keep "
+    "checkpoint files unchanged until the model is materialized"
+)
+
+
 @dataclass(frozen=True)
 class _Entry:
     """One tensor of a checkpoint: its metadata now, its values on demand."""
@@ -48,23 +61,31 @@ class _Entry:
 
 
 class CheckpointError(DormantError):
-    """The checkpoint does not fit the model; nothing was loaded.
+    """The checkpoint does not fit the model, cannot be read, or changed since it was loaded.
 
-    ``missing`` and ``unexpected`` list keys; ``mismatched`` lists ``(key, in model, in file)``
-    descriptions of shape or dtype differences.
+    Raised by :func:`load_checkpoint` before anything is loaded, or while materializing when a
+    file changed after :func:`load_checkpoint` (then nothing is read from it and the model stays
+    lazy). ``missing`` and ``unexpected`` list keys; ``mismatched`` lists
+    ``(key, in model, in file)`` descriptions of shape or dtype differences; ``path`` and ``key``
+    name the file and the tensor when the error is about one of them.
     """
 
     def __init__(
         self,
         message: str,
-        missing: list[str],
-        unexpected: list[str],
-        mismatched: list[tuple[str, str, str]],
+        missing: Sequence[str] = (),
+        unexpected: Sequence[str] = (),
+        mismatched: Sequence[tuple[str, str, str]] = (),
+        *,
+        path: str | None = None,
+        key: str | None = None,
     ) -> None:
         super().__init__(message)
-        self.missing = missing
-        self.unexpected = unexpected
-        self.mismatched = mismatched
+        self.missing = list(missing)
+        self.unexpected = list(unexpected)
+        self.mismatched = list(mismatched)
+        self.path = path
+        self.key = key
 
 
 @dataclass
@@ -82,15 +103,20 @@ def load_checkpoint(
     """Load a checkpoint into ``model``, lazily if ``model`` is lazy.
 
     ``source`` may be a safetensors file, a directory of safetensors files (sharded, with or
-    without an index), a ``torch.save`` state dict file (``pytorch_model.bin``), or a
-    ``torch.distributed.checkpoint`` directory. Keys are the model's ``state_dict`` keys.
+    without an index), a ``torch.save`` state dict file (``pytorch_model.bin``, sharded with
+    ``pytorch_model.bin.index.json``), an index file, or a ``torch.distributed.checkpoint``
+    directory. Keys are the model's ``state_dict`` keys. A directory's index says which file
+    holds each key (other files there are ignored); without one, a key in two files is an error.
 
     Lazy tensors get their values from the file when the model is materialized (safetensors and
     ``torch.save`` files are memory-mapped, so loading holds about one tensor at a time beyond
     the model), and the random initialization they replace is never computed. Real tensors are
     copied at once. The whole checkpoint is checked before anything is loaded: with
     ``strict=True`` missing or unexpected keys raise :class:`CheckpointError`; a shape or dtype
-    mismatch always does. Tied weights load once, through either name.
+    mismatch always does. Tied weights load once, through either name. A file changed after
+    loading (size, modification time or inode), or a tensor read with another shape or dtype
+    than loading found, raises :class:`CheckpointError` at materialization before its bytes
+    reach the model: load again, or keep the files unchanged until then.
 
     Example::
 
@@ -165,39 +191,213 @@ def _file_tensor(entry: _Entry) -> LazyTensor:
     return LazyTensor(meta, storage)
 
 
+# --- files changing under a lazy model -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Stamp:
+    """A checkpoint file as :func:`load_checkpoint` saw it.
+
+    A lazy model reads its tensors at materialization, maybe much later: a file rewritten in the
+    meantime would hand over another tensor's bytes (a smaller tensor into a larger storage, or
+    another dtype reinterpreted), and a file truncated under a memory map raises SIGBUS. So each
+    read first checks the file is still the one whose header was read.
+    """
+
+    path: Path
+    size: int
+    mtime_ns: int
+    inode: tuple[int, int]
+
+    @classmethod
+    def of(cls, path: Path) -> _Stamp:
+        st = os.stat(path)
+        return cls(path, st.st_size, st.st_mtime_ns, (st.st_dev, st.st_ino))
+
+    def check(self, key: str) -> None:
+        """Raise :class:`CheckpointError` if the file changed since it was stamped."""
+        try:
+            now = _Stamp.of(self.path)
+        except FileNotFoundError:
+            changes = ["it was removed"]
+        else:
+            changes = self._changes(now)
+        if changes:
+            raise CheckpointError(
+                f"checkpoint file {self.path} changed after load_checkpoint ({'; '.join(changes)})"
+                f", so {key} was not read from it and the model was not changed; {_KEEP_FILES}",
+                path=str(self.path),
+                key=key,
+            )
+
+    def _changes(self, now: _Stamp) -> list[str]:
+        changes = []
+        if now.inode != self.inode:
+            changes.append("replaced by another file")
+        if now.size != self.size:
+            changes.append(f"size {self.size} -> {now.size} bytes")
+        if now.mtime_ns != self.mtime_ns:
+            changes.append("modified")
+        return changes
+
+
+def _checked(
+    key: str,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    stamps: Sequence[_Stamp],
+    read: Callable[[], torch.Tensor],
+) -> _Entry:
+    """An entry whose read refuses a changed file, and checks what it read against ``shape``
+    and ``dtype`` (a file rewritten in place with its times restored passes the stamps)."""
+
+    def read_checked() -> torch.Tensor:
+        for stamp in stamps:
+            stamp.check(key)
+        value = read()
+        if tuple(value.shape) != shape or value.dtype != dtype:
+            where = stamps[0].path if len(stamps) == 1 else stamps[0].path.parent
+            raise CheckpointError(
+                f"{key} in {where} is now {tuple(value.shape)} {value.dtype}, but was "
+                f"{shape} {dtype} at load_checkpoint: the file changed, and the model was not "
+                f"changed; {_KEEP_FILES}",
+                path=str(where),
+                key=key,
+            )
+        return value
+
+    return _Entry(key, shape, dtype, read_checked)
+
+
 # --- checkpoint formats --------------------------------------------------------------------------
 
 
 def _open(path: Path) -> dict[str, _Entry]:
     if path.is_dir():
-        if (path / ".metadata").exists():
-            return _open_dcp(path)
-        files = sorted(path.glob("*.safetensors"))
-        if files:
-            return {k: e for f in files for k, e in _open_safetensors(f).items()}
-        for name in ("pytorch_model.bin", "model.pt", "model.pth"):
-            if (path / name).exists():
-                return _open_torch(path / name)
-        raise FileNotFoundError(f"no checkpoint found in {path}")
-    if path.suffix == ".safetensors":
-        return _open_safetensors(path)
+        return _open_dir(path)
     if path.name.endswith(".index.json"):
-        names = sorted(set(json.loads(path.read_text())["weight_map"].values()))
-        return {k: e for f in names for k, e in _open_safetensors(path.parent / f).items()}
-    return _open_torch(path)
+        return _open_index(path)
+    return _open_file(path)
+
+
+def _open_dir(path: Path) -> dict[str, _Entry]:
+    if (path / ".metadata").exists():
+        return _open_dcp(path)
+    index = _find_index(path)
+    if index is not None:
+        return _open_index(index)
+    files = sorted(path.glob("*.safetensors"))
+    if files:
+        return _open_shards(files)
+    for name in ("pytorch_model.bin", "model.pt", "model.pth"):
+        if (path / name).exists():
+            return _open_file(path / name)
+    raise FileNotFoundError(f"no checkpoint found in {path}; load_checkpoint accepts {_FORMATS}")
+
+
+def _find_index(path: Path) -> Path | None:
+    """The directory's index: it alone says which shard holds each key (older shards saved
+    with another sharding may still lie next to the current ones)."""
+    for pattern in ("*.safetensors.index.json", "*.bin.index.json"):
+        found = sorted(path.glob(pattern))
+        if len(found) > 1:
+            names = ", ".join(f.name for f in found)
+            raise CheckpointError(
+                f"{path} holds {len(found)} indexes ({names}); pass the index to load as source",
+                path=str(path),
+            )
+        if found:
+            return found[0]
+    return None
+
+
+def _open_index(index: Path) -> dict[str, _Entry]:
+    weight_map = json.loads(index.read_text()).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(
+            f"{index} has no weight_map (key -> file); load_checkpoint accepts {_FORMATS}",
+            path=str(index),
+        )
+    by_file: dict[str, list[str]] = {}
+    for key, name in weight_map.items():
+        by_file.setdefault(name, []).append(key)
+    entries: dict[str, _Entry] = {}
+    for name, keys in sorted(by_file.items()):
+        entries.update(_open_indexed(index, index.parent / name, keys))
+    return entries
+
+
+def _open_indexed(index: Path, file: Path, keys: list[str]) -> dict[str, _Entry]:
+    """The entries ``index`` maps to ``file``, and no others from it."""
+    if not file.is_file():
+        raise CheckpointError(
+            f"{index} maps {keys[0]} (and {len(keys) - 1} more) to {file}, which does not "
+            "exist; save the checkpoint again so that the index and its shards match",
+            path=str(file),
+            key=keys[0],
+        )
+    found = _open_file(file)
+    absent = [k for k in keys if k not in found]
+    if absent:
+        raise CheckpointError(
+            f"{index} maps {absent[0]} to {file}, which does not hold it ({len(absent)} such "
+            "keys); save the checkpoint again so that the index and its shards match",
+            path=str(file),
+            key=absent[0],
+        )
+    return {k: found[k] for k in keys}
+
+
+def _open_shards(files: list[Path]) -> dict[str, _Entry]:
+    """Shards without an index: a key in two files is ambiguous, never "the last one wins"."""
+    entries: dict[str, _Entry] = {}
+    origin: dict[str, Path] = {}
+    for file in files:
+        for key, entry in _open_file(file).items():
+            if key in origin:
+                raise CheckpointError(
+                    f"{key} is in both {origin[key]} and {file}, and no index says which to use; "
+                    "remove the stale file, or load the one you mean (or its index) as source",
+                    path=str(file),
+                    key=key,
+                )
+            entries[key], origin[key] = entry, file
+    return entries
+
+
+def _open_file(path: Path) -> dict[str, _Entry]:
+    """Open one file by its contents, whatever its name says."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head.startswith(b"PK\x03\x04"):  # torch.save's zip archive
+        return _open_torch(path)
+    # safetensors: an 8-byte little-endian header length, then the JSON header
+    if len(head) == 9 and head[8:] == b"{":
+        return _open_safetensors(path)
+    raise _unreadable(path, "it is neither a safetensors file nor a torch.save zip archive")
+
+
+def _unreadable(path: Path, why: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path} is not a checkpoint load_checkpoint can read: {why}; it accepts {_FORMATS}",
+        path=str(path),
+    )
 
 
 def _open_safetensors(path: Path) -> dict[str, _Entry]:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
+    stamps = (_Stamp.of(path),)  # before reading: a change from here on is caught
     entries = {}
-    with safe_open(str(path), framework="pt") as f:
-        for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
-            view = f.get_slice(key)
-            dtype = _SAFETENSORS_DTYPES[view.get_dtype()]
-            entries[key] = _Entry(
-                key, tuple(view.get_shape()), dtype, _safetensors_reader(path, key)
-            )
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                view = f.get_slice(key)
+                shape, dtype = tuple(view.get_shape()), _SAFETENSORS_DTYPES[view.get_dtype()]
+                read = _safetensors_reader(path, key)
+                entries[key] = _checked(key, shape, dtype, stamps, read)
+    except SafetensorError as e:
+        raise _unreadable(path, f"safetensors says {e}") from e
     return entries
 
 
@@ -214,9 +414,16 @@ def _safetensors_reader(path: Path, key: str) -> Callable[[], torch.Tensor]:
 
 
 def _open_torch(path: Path) -> dict[str, _Entry]:
-    state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    stamps = (_Stamp.of(path),)
+    try:
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError) as e:
+        raise _unreadable(path, f"torch.load says {str(e).splitlines()[0]}") from e
+    if not isinstance(state, dict):
+        raise _unreadable(path, f"it holds a {type(state).__name__}, not a state dict")
+    # The tensors stay mapped until read: the stamps are checked before any page is touched.
     return {
-        k: _Entry(k, tuple(t.shape), t.dtype, t.clone)
+        k: _checked(k, tuple(t.shape), t.dtype, stamps, t.clone)
         for k, t in state.items()
         if isinstance(t, torch.Tensor)
     }
@@ -226,12 +433,14 @@ def _open_dcp(path: Path) -> dict[str, _Entry]:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
+    stamps = tuple(_Stamp.of(f) for f in sorted(path.iterdir()) if f.is_file())
     metadata = dcp.FileSystemReader(str(path)).read_metadata()
     entries = {}
     for key, meta in metadata.state_dict_metadata.items():
         if isinstance(meta, TensorStorageMetadata):
             shape, dtype = tuple(meta.size), meta.properties.dtype
-            entries[key] = _Entry(key, shape, dtype, _dcp_reader(path, key, shape, dtype))
+            read = _dcp_reader(path, key, shape, dtype)
+            entries[key] = _checked(key, shape, dtype, stamps, read)
     return entries
 
 
