@@ -5,17 +5,32 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import socket
 import subprocess
 import sys
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
+import dormant
+from dormant import LazyInitContext, is_lazy
 from dormant.booster import Booster
-from dormant.booster.plugin import TorchFSDPPlugin
+from dormant.booster.plugin import (
+    GeminiPlugin,
+    HybridParallelPlugin,
+    LowLevelZeroPlugin,
+    Plugin,
+    TorchDDPPlugin,
+    TorchFSDPPlugin,
+)
 from dormant.errors import DormantError
 
 pytest.importorskip("transformers")
@@ -112,3 +127,137 @@ def test_plugin_without_process_group_says_to_launch() -> None:
     assert not torch.distributed.is_initialized()
     with pytest.raises(DormantError, match=r"call dormant\.launch\(\) first"):
         Booster(plugin=TorchFSDPPlugin()).boost(nn.Linear(2, 2))
+
+
+# -- bad arguments: one process (a world-size-1 process group where boosting needs one) --------
+
+
+@pytest.fixture
+def one_rank(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A process group of world size 1 in this process, destroyed after the test."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
+    for name, value in {**env, "MASTER_PORT": port}.items():
+        monkeypatch.setenv(name, value)  # launch() would leave them set for later tests
+    dormant.launch()
+    yield
+    torch.distributed.destroy_process_group()
+
+
+def stack() -> nn.Module:
+    """Two lazy blocks in a ModuleList, which the FSDP plugins shard one by one."""
+
+    def block() -> nn.Module:
+        return nn.Sequential(OrderedDict(up=nn.Linear(4, 8), act=nn.ReLU(), down=nn.Linear(8, 4)))
+
+    with LazyInitContext():
+        return nn.Sequential(OrderedDict(layers=nn.ModuleList([block(), block()])))
+
+
+def stack_plan() -> dict[str, Any]:
+    return {"layers.*.up": ColwiseParallel(), "layers.*.down": RowwiseParallel()}
+
+
+ONE_RANK_PLUGINS: dict[str, Callable[[], Plugin]] = {
+    "ddp": TorchDDPPlugin,
+    "fsdp": TorchFSDPPlugin,
+    "zero1": lambda: LowLevelZeroPlugin(stage=1),
+    "zero2": lambda: LowLevelZeroPlugin(stage=2),
+    "gemini": GeminiPlugin,
+    "hybrid": lambda: HybridParallelPlugin(tp_size=1, tp_plan=stack_plan()),
+}
+
+
+PLUGIN_LIST = (
+    "(TorchDDPPlugin(), TorchFSDPPlugin(), LowLevelZeroPlugin(stage=2), GeminiPlugin(), "
+    "HybridParallelPlugin(tp_size=...))"
+)
+
+
+@pytest.mark.parametrize(
+    ("plugin", "got"),
+    [
+        ("fsdp", "got 'fsdp' (str): pass one of them, e.g. "
+         "Booster(plugin=dormant.booster.plugin.TorchFSDPPlugin())"),
+        (TorchFSDPPlugin, "got the class TorchFSDPPlugin: pass Booster(plugin=TorchFSDPPlugin())"),
+        (nn.Linear(2, 2), "got Linear(in_features=2, out_features=2, bias=True) (Linear): pass"),
+    ],
+)  # fmt: skip
+def test_booster_names_what_is_not_a_plugin(plugin: object, got: str) -> None:
+    expected = (
+        f"Booster(plugin=...) takes a plugin object from dormant.booster.plugin {PLUGIN_LIST}"
+    )
+    with pytest.raises(TypeError, match=re.escape(f"{expected}, {got}")):
+        Booster(plugin=plugin)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("value", "error", "got"),
+    [
+        (torch.bfloat16, TypeError, "got torch.bfloat16 (dtype): pass mixed_precision='bf16'"),
+        ("FP16", ValueError, "got 'FP16' (str): pass mixed_precision='fp16'"),
+        (True, TypeError, "got True (bool): pass 'bf16' or 'fp16'"),
+    ],
+)
+def test_booster_names_the_mixed_precision_to_pass(
+    value: object, error: type[Exception], got: str
+) -> None:
+    with pytest.raises(error, match=re.escape(f"takes None, 'bf16' or 'fp16', {got}")):
+        Booster(plugin=TorchFSDPPlugin(), mixed_precision=value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("plugin", "expected"),
+    [
+        (None, "TorchDDPPlugin does not apply mixed_precision='bf16'; use torch.autocast"),
+        (LowLevelZeroPlugin(stage=1), "LowLevelZeroPlugin(stage=1) runs DDP, which does not apply "
+         "mixed_precision='bf16': use LowLevelZeroPlugin(stage=2)"),
+    ],
+)  # fmt: skip
+def test_plugins_without_mixed_precision_refuse_it_when_the_booster_is_made(
+    plugin: Plugin | None, expected: str
+) -> None:
+    with pytest.raises(DormantError, match=re.escape(expected)):
+        Booster(plugin=plugin, mixed_precision="bf16")
+
+
+def test_hybrid_without_data_parallel_refuses_mixed_precision(one_rank: None) -> None:
+    plugin = HybridParallelPlugin(tp_size=1, tp_plan=stack_plan())
+    booster = Booster(plugin=plugin, mixed_precision="bf16")
+    expected = "HybridParallelPlugin(tp_size=1) on 1 rank(s) leaves no data-parallel dimension"
+    with pytest.raises(DormantError, match=re.escape(expected)):
+        booster.boost(stack())
+
+
+def test_tp_plan_keys_matching_no_module_are_named_before_sharding(one_rank: None) -> None:
+    model = stack()
+    plan = {
+        "up": ColwiseParallel(),  # the path from the root is missing
+        "layers.*.mlp.down": RowwiseParallel(),  # a component that does not exist
+        "layers.0.up.weight": ColwiseParallel(),  # a parameter, not a module
+        **stack_plan(),
+    }
+    expected = (
+        "tp_plan key(s) matching no module of Sequential, so nothing would be split by them: "
+        "'up' has no 'up' under the root (there: layers), modules named 'up': layers.0.up, "
+        "layers.1.up; 'layers.*.mlp.down' has no 'mlp' under 'layers.*' (there: layers.0.up, "
+        "layers.0.act, layers.0.down, layers.1.up, layers.1.act, layers.1.down), modules named "
+        "'down': layers.0.down, layers.1.down; 'layers.0.up.weight' has no 'weight' under "
+        "'layers.0.up' (there: none), 'weight' is not a module: keys end at the module to split. "
+        "Keys are module paths"
+    )
+    with pytest.raises(DormantError, match=re.escape(expected)):
+        Booster(plugin=HybridParallelPlugin(tp_size=1, tp_plan=plan)).boost(model)
+    assert is_lazy(model)  # nothing was sharded or computed
+    assert not any(isinstance(p, DTensor) for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ONE_RANK_PLUGINS)
+def test_boosting_a_boosted_model_or_its_wrapper_says_so(one_rank: None, name: str) -> None:
+    model = stack()
+    boosted, *_ = Booster(plugin=ONE_RANK_PLUGINS[name]()).boost(model)
+    for again in (model, boosted):  # DDP plugins return a wrapper: DDP(DDP(model)) otherwise
+        with pytest.raises(DormantError, match=rf"^{type(again).__name__} was already boosted"):
+            Booster(plugin=ONE_RANK_PLUGINS[name]()).boost(again)

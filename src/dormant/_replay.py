@@ -34,7 +34,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from . import _mt19937, _rng
 from ._graph import Constant, EarlyRecord, LazyStorage, Node, TensorRef, Write
 from ._lazy_tensor import LazyTensor, describe
-from .errors import LazyTensorError, MaterializationError
+from .errors import DormantError, LazyTensorError, MaterializationError
 
 _COPY = torch.ops.aten.copy_.default
 
@@ -352,6 +352,8 @@ class _Pass:
             try:
                 with self.generators.placed(node, call_kwargs) as op:
                     out = op(*call_args, **call_kwargs)
+            except DormantError:
+                raise  # already says what happened (a checkpoint file that changed)
             except Exception as e:
                 raise MaterializationError(
                     f"replaying {node.label} failed: {type(e).__name__}: {e}"

@@ -12,14 +12,63 @@ from torch import nn
 from .plugin.base import Plugin, check_not_boosted
 from .plugin.torch_ddp import TorchDDPPlugin
 
+_PLUGINS = (
+    "TorchDDPPlugin()",
+    "TorchFSDPPlugin()",
+    "LowLevelZeroPlugin(stage=2)",
+    "GeminiPlugin()",
+    "HybridParallelPlugin(tp_size=...)",
+)
+# Other spellings of the two precisions (torch.bfloat16, "BF16"), mapped to the accepted one.
+_PRECISIONS = {
+    "bf16": "bf16",
+    "bfloat16": "bf16",
+    "fp16": "fp16",
+    "float16": "fp16",
+    "half": "fp16",
+}
+
+
+def _check_plugin(plugin: object) -> Plugin:
+    if isinstance(plugin, Plugin):
+        return plugin
+    if isinstance(plugin, type) and issubclass(plugin, Plugin):
+        got, what = f"the class {plugin.__name__}", f"Booster(plugin={plugin.__name__}())"
+    else:
+        got = f"{plugin!r} ({type(plugin).__name__})"
+        what = "one of them, e.g. Booster(plugin=dormant.booster.plugin.TorchFSDPPlugin())"
+    raise TypeError(
+        f"Booster(plugin=...) takes a plugin object from dormant.booster.plugin "
+        f"({', '.join(_PLUGINS)}), got {got}: pass {what}"
+    )
+
+
+def _check_mixed_precision(value: object) -> None:
+    if value is None or (isinstance(value, str) and value in ("bf16", "fp16")):
+        return
+    # torch.bfloat16, "BF16", "float16": name the accepted spelling of the same precision
+    spelled = _PRECISIONS.get(str(value).lower().removeprefix("torch."))
+    if spelled is not None:
+        what = f"pass mixed_precision={spelled!r}"
+    else:
+        what = "pass 'bf16' or 'fp16' (the FSDP-based plugins build the MixedPrecisionPolicy)"
+    error = ValueError if isinstance(value, str) else TypeError
+    raise error(
+        f"Booster(mixed_precision=...) takes None, 'bf16' or 'fp16', got {value!r} "
+        f"({type(value).__name__}): {what}"
+    )
+
 
 class Booster:
     """Train with one of PyTorch's distributed engines through a plugin.
 
     Args:
-        plugin: a :mod:`dormant.booster.plugin` plugin; by default :class:`TorchDDPPlugin`.
+        plugin: a :mod:`dormant.booster.plugin` plugin object; by default
+            :class:`TorchDDPPlugin`. Anything else raises ``TypeError``.
         mixed_precision: ``None``, ``"bf16"`` or ``"fp16"``; applied by plugins that support it
-            (the FSDP-based ones, through ``MixedPrecisionPolicy``).
+            (the FSDP-based ones, through ``MixedPrecisionPolicy``). Other values raise
+            ``TypeError`` or ``ValueError``; a plugin that cannot apply it raises
+            :class:`~dormant.errors.DormantError`.
 
     Example::
 
@@ -30,11 +79,10 @@ class Booster:
     """
 
     def __init__(self, plugin: Plugin | None = None, mixed_precision: str | None = None) -> None:
-        if mixed_precision not in (None, "bf16", "fp16"):
-            raise ValueError(
-                f"mixed_precision must be None, 'bf16' or 'fp16', got {mixed_precision!r}"
-            )
-        self.plugin = plugin if plugin is not None else TorchDDPPlugin()
+        self.plugin = _check_plugin(plugin) if plugin is not None else TorchDDPPlugin()
+        _check_mixed_precision(mixed_precision)
+        if mixed_precision is not None:
+            self.plugin.check_mixed_precision(mixed_precision)
         self.plugin.mixed_precision = mixed_precision
 
     def boost(

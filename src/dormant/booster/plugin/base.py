@@ -29,7 +29,8 @@ _BOOSTED = "_dormant_boosted"
 def check_not_boosted(model: nn.Module) -> None:
     if getattr(model, _BOOSTED, False):
         raise DormantError(
-            f"{type(model).__name__} was already boosted; boost the original model once"
+            f"{type(model).__name__} was already boosted: boost each model once, then train "
+            "the model that boost() returned"
         )
 
 
@@ -74,6 +75,12 @@ class Plugin:
 
     def configure_model(self, model: nn.Module) -> nn.Module:
         raise NotImplementedError
+
+    def check_mixed_precision(self, mixed_precision: str) -> None:
+        """Raise :class:`DormantError` if this plugin cannot apply ``mixed_precision``.
+
+        The :class:`~dormant.booster.Booster` calls it when it is made, before any model is built.
+        """
 
     def unwrap(self, model: nn.Module) -> nn.Module:
         """The user's module inside whatever wrapper the engine adds."""

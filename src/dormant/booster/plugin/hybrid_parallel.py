@@ -14,7 +14,7 @@ from ..._placement import fill_local, to_empty, to_meta
 from ...errors import DormantError
 from .base import Plugin, blocks, check_same_program, mark_boosted, require_process_group
 from .torch_fsdp import _DTYPES, device_type
-from .tp_plans import plan_for
+from .tp_plans import check_plan_matches, plan_for
 
 
 class HybridParallelPlugin(Plugin):
@@ -51,9 +51,18 @@ class HybridParallelPlugin(Plugin):
                 f"tp_size={self.tp_size} does not divide the world size {world}: choose a "
                 f"divisor of {world}"
             )
+        dp = world // self.tp_size
+        if dp == 1 and self.mixed_precision is not None:
+            raise DormantError(
+                f"HybridParallelPlugin(tp_size={self.tp_size}) on {world} rank(s) leaves no "
+                "data-parallel dimension, and only its FSDP part applies "
+                f"mixed_precision={self.mixed_precision!r}: use a tp_size below the world size, "
+                "or torch.autocast in the training step"
+            )
         plan = self.tp_plan if self.tp_plan is not None else plan_for(model)
         check_same_program(model)
-        dp = world // self.tp_size
+        # after check_same_program: ranks agree on the model, so all raise here or none does
+        check_plan_matches(model, plan)
         mesh = init_device_mesh(device_type(), (dp, self.tp_size), mesh_dim_names=("dp", "tp"))
         sources = to_meta(model)
         parallelize_module(model, mesh["tp"], plan)

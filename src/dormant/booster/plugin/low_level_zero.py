@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torch.distributed.optim import ZeroRedundancyOptimizer
 
+from ...errors import DormantError
 from .torch_ddp import TorchDDPPlugin
 from .torch_fsdp import TorchFSDPPlugin
 
@@ -36,6 +37,14 @@ class LowLevelZeroPlugin(TorchFSDPPlugin):
             return super().configure_model(model)
         self._ddp.mixed_precision = self.mixed_precision
         return self._ddp.configure_model(model)
+
+    def check_mixed_precision(self, mixed_precision: str) -> None:
+        if self.stage == 1:
+            raise DormantError(
+                f"LowLevelZeroPlugin(stage=1) runs DDP, which does not apply "
+                f"mixed_precision={mixed_precision!r}: use LowLevelZeroPlugin(stage=2), or "
+                "torch.autocast in the training step"
+            )
 
     def unwrap(self, model: nn.Module) -> nn.Module:
         return self._ddp.unwrap(model) if self.stage == 1 else model

@@ -32,10 +32,7 @@ class TorchDDPPlugin(Plugin):
     def configure_model(self, model: nn.Module) -> nn.Module:
         require_process_group(self)
         if self.mixed_precision is not None:
-            raise DormantError(
-                "TorchDDPPlugin does not apply mixed_precision; use torch.autocast in the "
-                "training step, or an FSDP-based plugin"
-            )
+            self.check_mixed_precision(self.mixed_precision)
         materialize(model)
         device = _device()
         model.to(device)
@@ -43,7 +40,14 @@ class TorchDDPPlugin(Plugin):
             model, device_ids=[device] if device.type == "cuda" else None, **self.ddp_kwargs
         )  # type: ignore[arg-type]
         mark_boosted(model)
+        mark_boosted(wrapped)  # boosting the returned wrapper again would nest DDP(DDP(model))
         return wrapped
+
+    def check_mixed_precision(self, mixed_precision: str) -> None:
+        raise DormantError(
+            f"TorchDDPPlugin does not apply mixed_precision={mixed_precision!r}; use "
+            "torch.autocast in the training step, or an FSDP-based plugin (TorchFSDPPlugin)"
+        )
 
     def unwrap(self, model: nn.Module) -> nn.Module:
         return model.module if isinstance(model, DDP) else model

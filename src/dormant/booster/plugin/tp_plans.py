@@ -7,6 +7,7 @@ row-parallel ones, so each block needs one all-reduce per attention and one per 
 
 from __future__ import annotations
 
+from fnmatch import fnmatch
 from functools import partial
 from typing import Any
 
@@ -108,3 +109,60 @@ def _prefix_of(model: nn.Module, base: nn.Module) -> str:
         if module is base:
             return f"{name}."
     return ""
+
+
+def check_plan_matches(model: nn.Module, plan: dict[str, ParallelStyle]) -> None:
+    """Raise if a plan key reaches no module (``parallelize_module`` only warns and skips it)."""
+    unmatched = [key for key in plan if key and not _matches(model, key.split("."))]
+    if unmatched:
+        raise DormantError(
+            f"tp_plan key(s) matching no module of {type(model).__name__}, so nothing would be "
+            f"split by them: {'; '.join(_describe_miss(model, key) for key in unmatched)}. Keys "
+            "are module paths from the model's root ('*' matches one name): fix them, or pass "
+            "HybridParallelPlugin(tp_plan={module path: ColwiseParallel() | RowwiseParallel()})"
+        )
+
+
+def _resolve(model: nn.Module, tokens: list[str]) -> tuple[list[tuple[str, nn.Module]], int]:
+    """Match a plan key's path components one at a time, as ``parallelize_module`` does.
+
+    Returns the (path, module) pairs reached and how many components matched: all of them, or
+    those before the first that no child matches (the pairs are then where it stopped).
+    """
+    reached: list[tuple[str, nn.Module]] = [("", model)]
+    for depth, token in enumerate(tokens):
+        below = [
+            (_join(path, name), child)
+            for path, module in reached
+            for name, child in module.named_children()
+            if fnmatch(name, token)
+        ]
+        if not below:
+            return reached, depth
+        reached = below
+    return reached, len(tokens)
+
+
+def _matches(model: nn.Module, tokens: list[str]) -> bool:
+    return _resolve(model, tokens)[1] == len(tokens)
+
+
+def _describe_miss(model: nn.Module, key: str) -> str:
+    """Where ``key`` stops matching, what exists there, and modules named like its last part."""
+    tokens = key.split(".")
+    reached, depth = _resolve(model, tokens)
+    under = repr(".".join(tokens[:depth])) if depth else "the root"
+    there = [_join(path, name) for path, m in reached for name, _ in m.named_children()]
+    text = f"{key!r} has no {tokens[depth]!r} under {under} (there: {_few(there, 6) or 'none'})"
+    if any(hasattr(m, tokens[depth]) for _, m in reached):  # "...q_proj.weight"
+        text += f", {tokens[depth]!r} is not a module: keys end at the module to split"
+    alike = [n for n, _ in model.named_modules() if n and fnmatch(n.rsplit(".", 1)[-1], tokens[-1])]
+    return text + (f", modules named {tokens[-1]!r}: {_few(alike, 3)}" if alike else "")
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _few(names: list[str], most: int) -> str:
+    return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
