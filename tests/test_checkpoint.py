@@ -194,7 +194,7 @@ TRUNCATE_PROBE = textwrap.dedent(
     try:
         materialize(model)
     except Exception as e:
-        print(type(e.__cause__).__name__, e)
+        print(type(e).__name__, e)
     load_checkpoint(model, good)
     materialize(model)
     print("recovered", torch.equal(model.weight, load_file(good)["weight"]))

@@ -13,30 +13,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import _rng
+from ._materialize import materialize
 from ._record import record_op
 from ._replay import run_for_draws
-
-_lock = threading.Lock()
-
-
-class _State:
-    owner: int | None = None  # thread that records
-    depth = 0
-    device: torch.device | None = None
-    rng = "exact"
-
-
-_state = _State()
-
-
-def rng_mode() -> str:
-    """``"exact"`` or ``"fast"``: how the active context records random ops."""
-    return _state.rng
-
-
-def recording_active() -> bool:
-    """Whether the calling thread is inside a :class:`LazyInitContext`."""
-    return _state.owner == threading.get_ident()
+from ._session import RngMode, lock, normalize_device, session
 
 
 class _RecordingMode(TorchDispatchMode):
@@ -72,21 +52,14 @@ def _library_settings() -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _normalize_device(device: str | int | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cpu")
-    if isinstance(device, int):
-        device = torch.device("cuda", device)
-    device = torch.device(device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(
-                f"LazyInitContext(default_device={str(device)!r}) but CUDA is not available; "
-                "use default_device='cpu'"
-            )
-        if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-    return device
+def _context_device(device: str | int | torch.device | None) -> torch.device:
+    cuda = isinstance(device, int) or (device is not None and torch.device(device).type == "cuda")
+    if cuda and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"LazyInitContext(default_device={str(device)!r}) but CUDA is not available; "
+            "use default_device='cpu'"
+        )
+    return normalize_device(device)
 
 
 class LazyInitContext:
@@ -133,30 +106,29 @@ class LazyInitContext:
     ) -> None:
         if rng not in ("exact", "fast"):
             raise ValueError(f"LazyInitContext(rng=...) must be 'exact' or 'fast', got {rng!r}")
-        self.default_device = _normalize_device(default_device)
-        self.rng = rng
+        self.default_device = _context_device(default_device)
+        self.rng = RngMode(rng)
         self._entered: list[Any] = []
 
     def __enter__(self) -> LazyInitContext:
         me = threading.get_ident()
-        with _lock:
-            if _state.owner is not None and _state.owner != me:
+        with lock:
+            if session.owner is not None and session.owner != me:
                 raise RuntimeError(
                     "LazyInitContext is already recording on another thread; build lazy models "
                     "on one thread at a time"
                 )
-            if _state.owner == me:
-                if (self.default_device, self.rng) != (_state.device, _state.rng):
+            if session.owner == me:
+                if (self.default_device, self.rng) != (session.device, session.rng):
                     raise RuntimeError(
                         f"nested LazyInitContext(default_device={str(self.default_device)!r}, "
-                        f"rng={self.rng!r}) inside one with default_device="
-                        f"{str(_state.device)!r}, rng={_state.rng!r}"
+                        f"rng={self.rng.value!r}) inside one with default_device="
+                        f"{str(session.device)!r}, rng={session.rng.value!r}"
                     )
-                _state.depth += 1
+                session.depth += 1
                 self._entered.append(None)
                 return self
-            _state.owner, _state.depth, _state.device = me, 1, self.default_device
-            _state.rng = self.rng
+            session.start(self.default_device, self.rng)
         _rng.begin_session()
         try:
             modes: list[Any] = []
@@ -181,9 +153,8 @@ class LazyInitContext:
             # After the recording mode is gone: resolving may run random ops for their draws.
             _rng.end_session(None if failed else run_for_draws)
         finally:
-            with _lock:
-                _state.owner, _state.depth, _state.device = None, 0, None
-                _state.rng = "exact"
+            with lock:
+                session.stop()
 
     def __exit__(
         self,
@@ -193,13 +164,11 @@ class LazyInitContext:
     ) -> None:
         if self._entered and self._entered[-1] is None:
             self._entered.pop()
-            _state.depth -= 1
+            session.depth -= 1
             return
         self._exit_modes(failed=exc_type is not None)
 
     @staticmethod
     def materialize(module: torch.nn.Module, verbose: bool = False) -> torch.nn.Module:
         """Same as :func:`dormant.materialize` (kept for users of the API dormant follows)."""
-        from ._materialize import materialize
-
         return materialize(module, verbose=verbose)

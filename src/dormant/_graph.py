@@ -8,7 +8,8 @@ Eager PyTorch mutates storages; views, ``.data`` and tied weights are several te
 storage. dormant mirrors that: a :class:`LazyStorage` stands for one storage that does not exist
 yet, and every lazy tensor is a view (size, stride, offset, dtype: taken from its meta tensor) of
 one lazy storage. Each recorded op is a :class:`Node`; a node that creates or mutates a storage
-appends itself to that storage's ``writers``, so ``writers[i]`` produces *version* ``i + 1``. A
+appends itself to that storage's ``writers`` (:meth:`LazyStorage.add_write`, the only place that
+does), so ``writers[i]`` produces *version* ``i + 1``. A
 node reads its inputs at the version they had when it ran (:class:`TensorRef`). Aliasing is then
 ordinary data flow and cycles cannot arise: a node only reads versions older than the ones it
 writes.
@@ -27,7 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.utils._pytree import TreeSpec
+from torch.utils._pytree import TreeSpec, tree_flatten
 
 _sequence = itertools.count()
 
@@ -69,6 +70,22 @@ class LazyStorage:
     @property
     def version(self) -> int:
         return len(self.writers)
+
+    def add_write(
+        self,
+        node: Node,
+        *,
+        ref: TensorRef | None = None,
+        output_index: int | None = None,
+        keeps_base: bool,
+    ) -> Write:
+        """Record that ``node`` writes this storage: the one place a new version is made."""
+        write = Write(
+            self, self.version + 1, ref=ref, output_index=output_index, keeps_base=keeps_base
+        )
+        node.writes.append(write)
+        self.writers.append(node)
+        return write
 
 
 class TensorRef:
@@ -150,6 +167,35 @@ class Node:
 
     def __repr__(self) -> str:
         return f"Node(#{self.seq} {self.label})"
+
+
+def source(
+    op: Callable[[], torch.Tensor], meta: torch.Tensor, device: torch.device, label: str
+) -> LazyStorage:
+    """A storage whose only write is ``op()``, a node without inputs: a constant, or a read from
+    a checkpoint file. Returns the storage; wrap ``meta`` over it for a lazy tensor."""
+    storage = LazyStorage(meta.untyped_storage().nbytes(), device)
+    node = Node(op, [], _NO_ARGS, label)
+    ref = TensorRef(storage, meta, 1, weak=True)
+    storage.add_write(node, ref=ref, output_index=0, keeps_base=False)
+    return storage
+
+
+_NO_ARGS = tree_flatten(((), {}))[1]
+
+
+def meta_like(value: torch.Tensor) -> torch.Tensor:
+    """A meta tensor with ``value``'s full geometry, storage offset and storage size included."""
+    numel = value.untyped_storage().nbytes() // value.element_size()
+    base = torch.empty(numel, dtype=value.dtype, device="meta")
+    return base.as_strided(value.size(), value.stride(), value.storage_offset())
+
+
+def view_of(storage: torch.UntypedStorage, meta: torch.Tensor) -> torch.Tensor:
+    """A real tensor over ``storage`` with the geometry of ``meta``."""
+    t = torch.empty(0, dtype=meta.dtype, device=storage.device)
+    t.set_(storage, meta.storage_offset(), meta.size(), meta.stride())
+    return t
 
 
 class Constant:

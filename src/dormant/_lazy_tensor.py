@@ -14,11 +14,35 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 
 from ._graph import LazyStorage
+from ._session import recording_active
+from .errors import LazyTensorError
+
+
+class Recorder(Protocol):
+    """What a LazyTensor asks of recording. See [Note: the recorder hook]."""
+
+    def record_op(
+        self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, in_context: bool
+    ) -> Any: ...
+
+    def assign_data(self, target: LazyTensor, value: torch.Tensor) -> None: ...
+
+    def defer_library_init(self, tensor: LazyTensor) -> bool: ...
+
+    def evaluate(self, tensor: LazyTensor, reason: str) -> torch.Tensor: ...
+
+
+# [Note: the recorder hook]
+# Every op on a LazyTensor goes to the recorder, and the recorder makes LazyTensors: each needs
+# the other. So that imports run one way (recording imports this module, never the reverse),
+# ``_record`` plugs itself in here when it is imported, which ``dormant/__init__`` always does.
+recorder: Recorder = cast(Recorder, None)  # set by _record
+
 
 # Attributes dormant keeps on a LazyTensor; everything else in ``__dict__`` is the user's.
 INTERNAL_ATTRS = frozenset({"_meta", "_lazy_storage", "_is_param"})
@@ -82,9 +106,7 @@ class LazyTensor(torch.Tensor):
     ) -> Any:
         # Outside LazyInitContext ops on lazy tensors are still recorded, so that edits made
         # after building (``model.half()``, LoRA layers, loading weights) are kept.
-        from ._record import record_op
-
-        return record_op(func, args, kwargs or {}, in_context=False)
+        return recorder.record_op(func, args, kwargs or {}, in_context=False)
 
 
 def describe(t: torch.Tensor) -> str:
@@ -120,31 +142,27 @@ _is_meta = torch._C.TensorBase.is_meta
 
 @_implements((_data, "__set__"))
 def _set_data(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    from ._record import as_lazy, set_data
-
     target, value = args
     if not isinstance(target, LazyTensor):
         raise TypeError(
             f"cannot assign a lazy tensor to the .data of a real tensor ({describe(target)}): "
             "create the tensor inside LazyInitContext, or materialize the lazy one first"
         )
-    set_data(target, as_lazy(value))
+    recorder.assign_data(target, value)
 
 
 @_implements((_is_meta, "__get__"))
 def _get_is_meta(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    from ._record import defer_library_init
-
     # Data-dependent torch.nn.init functions ask ``is_meta`` first and return early when it is
     # True; answering True there lets dormant record the whole call instead (see _record).
-    return defer_library_init(args[0])
+    return recorder.defer_library_init(args[0])
 
 
 def _force_then(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    from ._replay import evaluate
-
     name = getattr(func, "__name__", str(func))
-    real_args = [evaluate(a, f"Tensor.{name}") if isinstance(a, LazyTensor) else a for a in args]
+    real_args = [
+        recorder.evaluate(a, f"Tensor.{name}") if isinstance(a, LazyTensor) else a for a in args
+    ]
     with torch._C.DisableTorchFunctionSubclass():
         return func(*real_args, **kwargs)
 
@@ -156,8 +174,6 @@ _python_handlers[torch.Tensor.storage] = _force_then
 
 @_implements(torch.Tensor.__repr__)
 def _repr(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    from ._context import recording_active
-
     t = args[0]
     if recording_active():
         return str(_force_then(func, args, kwargs))
@@ -186,8 +202,6 @@ def _deepcopy(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch
 
 @_implements(torch.Tensor.__reduce_ex__)
 def _reduce_ex(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    from .errors import LazyTensorError
-
     raise LazyTensorError(
         f"cannot pickle or torch.save a lazy {describe(args[0])}: call "
         "dormant.materialize(module) first",

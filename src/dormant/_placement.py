@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ._graph import view_of
 from ._lazy_tensor import INTERNAL_ATTRS, LazyTensor
-from ._replay import _real_execution, view_of
+from ._replay import compute_each, real_execution
 from .errors import MaterializationError
 
 
@@ -71,7 +72,7 @@ def install(
     done: list[str] = []
     for name, t in order:
         storage = t._lazy_storage
-        with _real_execution():
+        with real_execution():
             real = view_of(values[id(storage)], t._meta)
         new: torch.Tensor
         if isinstance(t, nn.Parameter):
@@ -176,8 +177,6 @@ def fill_local(
     module: nn.Module, sources: dict[str, torch.Tensor], *, progress: bool | None = None
 ) -> None:
     """Write each allocated parameter and buffer (or its local shard) from ``sources``."""
-    from ._replay import compute_each
-
     targets: dict[str, torch.Tensor] = dict(module.named_parameters(remove_duplicate=False))
     targets.update(module.named_buffers(remove_duplicate=False))
     by_storage: dict[int, list[tuple[str, LazyTensor]]] = {}
@@ -194,7 +193,7 @@ def fill_local(
 
     def on_ready(storage: object, value: torch.UntypedStorage) -> None:
         for name, lazy in by_storage[id(storage)]:
-            with _real_execution():
+            with real_execution():
                 full = view_of(value, lazy._meta)
             _write_local(targets[name], full)
 

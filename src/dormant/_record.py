@@ -23,10 +23,22 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
-from . import _draws, _rng
-from ._graph import Constant, DeferredCall, EarlyRecord, LazyStorage, Node, TensorRef, Write
+from . import _draws, _lazy_tensor, _rng
+from ._graph import (
+    Constant,
+    DeferredCall,
+    EarlyRecord,
+    LazyStorage,
+    Node,
+    TensorRef,
+    meta_like,
+    source,
+    view_of,
+)
 from ._lazy_tensor import LazyTensor, describe
-from .errors import UnsupportedOpError
+from ._replay import compute, real_execution, run_for_draws
+from ._session import RngMode, normalize_device, recording_active, session
+from .errors import LazyTensorError, UnsupportedOpError
 
 aten = torch.ops.aten
 
@@ -171,27 +183,14 @@ def user_frame() -> str:
     return "<unknown>"
 
 
-def meta_like(value: torch.Tensor) -> torch.Tensor:
-    """A meta tensor with ``value``'s full geometry, storage offset and storage size included."""
-    numel = value.untyped_storage().nbytes() // value.element_size()
-    base = torch.empty(numel, dtype=value.dtype, device="meta")
-    return base.as_strided(value.size(), value.stride(), value.storage_offset())
-
-
 def _output_device(bound: dict[str, Any], tensors: list[torch.Tensor]) -> torch.device:
     device = bound.get("device")
     if device is not None:
-        return _normalize(torch.device(device))
+        return normalize_device(device)
     for t in tensors:
         if t.device.type != "cpu" or t.dim() > 0:
             return t.device
     return tensors[0].device if tensors else torch.device("cpu")
-
-
-def _normalize(device: torch.device) -> torch.device:
-    if device.type == "cuda" and device.index is None:
-        return torch.device("cuda", torch.cuda.current_device())
-    return device
 
 
 # --- entry points ------------------------------------------------------------------------------
@@ -267,8 +266,6 @@ def _draw_for_real(
 ) -> None:
     """A random op on real tensors inside the context draws now, from where eager's generator
     would stand after the random ops recorded so far."""
-    from ._replay import run_for_draws
-
     bound = _bind(func, args, kwargs)
     device = _output_device(bound, tensors)
     if device.type != "meta":  # meta tensors draw nothing
@@ -409,8 +406,7 @@ def _add_node(
     for i, (t, blind) in written.items():
         s = t._lazy_storage
         keeps_base = not (blind and _covers_storage(t._meta, s))
-        node.writes.append(Write(s, s.version + 1, ref=node.flat_args[i], keeps_base=keeps_base))
-        s.writers.append(node)
+        s.add_write(node, ref=node.flat_args[i], keeps_base=keeps_base)
 
     # Outputs: aliases of mutated arguments return the argument itself; fresh ones get storages.
     out_flat, out_spec = tree_flatten(meta_out)
@@ -430,8 +426,7 @@ def _add_node(
                 continue
         storage = LazyStorage(m.untyped_storage().nbytes(), device)
         ref = TensorRef(storage, m, 1, weak=True)
-        node.writes.append(Write(storage, 1, ref=ref, output_index=index, keeps_base=False))
-        storage.writers.append(node)
+        storage.add_write(node, ref=ref, output_index=index, keeps_base=False)
         if forced_flat is not None:
             _keep_forced(storage, forced_flat[index], str(func))
         wrapped.append(LazyTensor(m, storage))
@@ -467,10 +462,7 @@ def _alias_per_leaf(meta_out: Any, returns: list[Any]) -> list[Any]:
 
 
 def _attach_rng(node: Node, bound: dict[str, Any], device: torch.device, draws: int | None) -> None:
-    from ._context import rng_mode
-    from ._replay import run_for_draws
-
-    fast = rng_mode() == "fast"
+    fast = session.rng is RngMode.FAST
     node.rng = _rng.record_step(
         node, bound.get("generator"), device, draws, fast=fast, run=run_for_draws
     )
@@ -492,13 +484,8 @@ def as_lazy(value: Any) -> LazyTensor:
 
 
 def _constant(value: torch.Tensor) -> LazyTensor:
-    storage = LazyStorage(value.untyped_storage().nbytes(), value.device)
     meta = meta_like(value)
-    node = Node(Constant(value), [], tree_flatten(((), {}))[1], "constant")
-    ref = TensorRef(storage, meta, 1, weak=True)
-    node.writes.append(Write(storage, 1, ref=ref, output_index=0, keeps_base=False))
-    storage.writers.append(node)
-    return LazyTensor(meta, storage)
+    return LazyTensor(meta, source(Constant(value), meta, value.device, "constant"))
 
 
 # --- ops that need values ----------------------------------------------------------------------
@@ -512,8 +499,6 @@ def _run_forced(
     reason: str | None = None,
 ) -> Any:
     """Run ``func`` for real on the exact values of its lazy inputs (early materialization)."""
-    from ._replay import evaluate
-
     reason = reason or str(func)
 
     def real(x: Any) -> Any:
@@ -636,8 +621,45 @@ def _record_deferred(
     ref = TensorRef(s, t._meta, s.version, weak=True)
     node.flat_args = [ref if x is t else x for x in flat]
     node.label = f"{name}({tuple(t.shape)})"
-    node.writes.append(Write(s, s.version + 1, ref=ref, keeps_base=not _covers_storage(t._meta, s)))
-    s.writers.append(node)
+    s.add_write(node, ref=ref, keeps_base=not _covers_storage(t._meta, s))
     if random:
         draws = _draws.count_library_call(name, t._meta, call_kwargs, t.device)
         _attach_rng(node, {"generator": call_kwargs.get("generator")}, t.device, draws)
+
+
+# --- early materialization ----------------------------------------------------------------------
+
+
+def evaluate(t: LazyTensor, reason: str) -> torch.Tensor:
+    """The exact value of a lazy tensor, computed now and kept (early materialization)."""
+    if not recording_active():
+        raise LazyTensorError(
+            f"{reason} needs the values of a lazy {describe(t)} outside LazyInitContext: call "
+            "dormant.materialize(module) first (or run this code inside the context)",
+            tensor=describe(t),
+            op=reason,
+        )
+    s = t._lazy_storage
+    if s.cache is None or s.cache_version != s.version:
+        buf = compute([s])[id(s)]
+        s.cache, s.cache_version = buf, s.version
+        if not s.early:
+            s.early.append(EarlyRecord(reason, user_frame(), t.numel(), s.nbytes))
+    assert s.cache is not None
+    with real_execution():
+        return view_of(s.cache, t._meta)
+
+
+class _Recorder:
+    """What LazyTensor asks of recording (see [Note: the recorder hook] in ``_lazy_tensor``)."""
+
+    record_op = staticmethod(record_op)
+    evaluate = staticmethod(evaluate)
+    defer_library_init = staticmethod(defer_library_init)
+
+    @staticmethod
+    def assign_data(target: LazyTensor, value: torch.Tensor) -> None:
+        set_data(target, as_lazy(value))
+
+
+_lazy_tensor.recorder = _Recorder()

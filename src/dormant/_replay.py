@@ -1,18 +1,11 @@
 """Replay: how lazy storages get their values, exactly as eager construction computed them.
 
-:func:`compute` plans and runs one *pass* over the op graph:
-
-1. **Plan** the nodes needed for the requested storages, walking back from each storage's current
-   version through its writers and their inputs. A write that replaces every byte of a storage
-   without reading it (``normal_`` on a whole weight) cuts the walk: the older contents are dead
-   and are never computed.
-2. **Keep the random streams whole** (see [Note: RNG] in ``_rng.py``): every random step between
-   the last known generator state and a needed step is *advanced*: run into scratch memory of the
-   same geometry, because eager consumed those numbers.
-3. **Run** the needed nodes in recorded order on real tensors, freeing each intermediate storage
-   after its last use, and restore every generator's state at the end.
-
-Values computed early (``.item()`` during construction) are kept on the lazy storage and reused.
+:func:`compute` runs one *pass*: a :class:`~dormant._plan.Plan` (which nodes, in recorded order)
+executed on real tensors. Each node's inputs are views of the memory computed so far; each
+intermediate storage is freed after its last use, and each requested storage is handed out as
+soon as its last write ran, so a caller that keeps a slice (a shard) holds little at once.
+Random ops run on private generators placed at their position on eager's stream
+(see [Note: RNG positions] in ``_rng.py``); the user's generators are never touched.
 """
 
 from __future__ import annotations
@@ -22,7 +15,6 @@ import functools
 import inspect
 import sys
 import threading
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,18 +24,9 @@ from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from . import _mt19937, _rng
-from ._graph import Constant, EarlyRecord, LazyStorage, Node, TensorRef, Write
-from ._lazy_tensor import LazyTensor, describe
-from .errors import DormantError, LazyTensorError, MaterializationError
-
-_COPY = torch.ops.aten.copy_.default
-
-
-def view_of(storage: torch.UntypedStorage, meta: torch.Tensor) -> torch.Tensor:
-    """A real tensor over ``storage`` with the geometry of ``meta``."""
-    t = torch.empty(0, dtype=meta.dtype, device=storage.device)
-    t.set_(storage, meta.storage_offset(), meta.size(), meta.stride())
-    return t
+from ._graph import Constant, LazyStorage, Node, TensorRef, view_of
+from ._plan import COPY, Plan, plan
+from .errors import DormantError, MaterializationError
 
 
 def _allocate(storage: LazyStorage) -> torch.UntypedStorage:
@@ -51,7 +34,7 @@ def _allocate(storage: LazyStorage) -> torch.UntypedStorage:
 
 
 @contextlib.contextmanager
-def _real_execution() -> Iterator[None]:
+def real_execution() -> Iterator[None]:
     """Run real ops: no recording modes, no torch-function overrides, no autograd."""
     with _disable_current_modes(), torch._C.DisableTorchFunction(), torch.no_grad():
         yield
@@ -198,101 +181,38 @@ def run_for_draws(step: _rng.RngStep) -> torch.Tensor:
     """Run a random op for its draws alone, into scratch memory, from its exact position; return
     the generator state after it (an op whose draw count is not known without running it)."""
     assert step.node is not None
-    p = _Pass([], draw_only=[step.node])
-    p.execute(lambda s, v: None, progress=False)
-    return p.generators.state(step.device)
+    execution = _Execution(plan([], draw_only=[step.node]), lambda s, v: None)
+    execution.run(progress=False)
+    return execution.generators.state(step.device)
 
 
-class _Pass:
-    """One replay pass (see the module docstring)."""
+class _Execution:
+    """Runs a :class:`~dormant._plan.Plan` on real tensors (see the module docstring)."""
 
-    def __init__(
-        self,
-        targets: list[LazyStorage],
-        draw_only: Iterable[Node] = (),
-        stats: ReplayStats | None = None,
-    ) -> None:
-        self.stats = stats if stats is not None else ReplayStats()
-        self.targets = {id(s): s for s in targets}  # not yet handed over
-        self.target_ids = frozenset(self.targets)
-        # Use an early value only if the pass needs no version older than it.
-        self.usable = self._usable_caches(self._oldest_needed(targets))
-        self.run: dict[Node, None] = {}
-        self.need: dict[int, set[int]] = defaultdict(set)
-        self.storages: dict[int, LazyStorage] = {}
-        self._walk([(s, s.version) for s in targets])
-        # Nodes run only to find where their random draws end (see [Note: RNG positions]).
-        self.draw_only = {n: None for n in draw_only if n not in self.run}
-        for n in self.draw_only:
-            self._walk([(s, r.version) for r in n.reads if (s := r.storage) is not None])
-        self.generators = _Generators()
-
-    # -- planning ------------------------------------------------------------------------------
-
-    @staticmethod
-    def _oldest_needed(targets: list[LazyStorage]) -> dict[int, tuple[LazyStorage, int]]:
-        oldest: dict[int, tuple[LazyStorage, int]] = {}
-        seen: set[tuple[int, int]] = set()
-        stack = [(s, s.version) for s in targets]
-        while stack:
-            s, v = stack.pop()
-            if (id(s), v) in seen:
-                continue
-            seen.add((id(s), v))
-            if id(s) not in oldest or v < oldest[id(s)][1]:
-                oldest[id(s)] = (s, v)
-            if s.cache is not None and v == s.cache_version:
-                continue
-            node = s.writers[v - 1]
-            write = _write_of(node, s, v)
-            stack.extend((_storage(r), r.version) for r in node.reads)
-            if write.keeps_base:
-                stack.append((s, v - 1))
-        return oldest
-
-    @staticmethod
-    def _usable_caches(oldest: dict[int, tuple[LazyStorage, int]]) -> set[int]:
-        return {
-            key for key, (s, v) in oldest.items() if s.cache is not None and s.cache_version <= v
-        }
-
-    def _walk(self, roots: list[tuple[LazyStorage, int]]) -> None:
-        stack = list(roots)
-        while stack:
-            s, v = stack.pop()
-            versions = self.need[id(s)]
-            if v in versions:
-                continue
-            versions.add(v)
-            self.storages[id(s)] = s
-            if id(s) in self.usable and v == s.cache_version:
-                continue
-            node = s.writers[v - 1]
-            if node not in self.run:
-                self.run[node] = None
-                stack.extend((_storage(r), r.version) for r in node.reads)
-            if _write_of(node, s, v).keeps_base:
-                stack.append((s, v - 1))
-
-    # -- execution -----------------------------------------------------------------------------
-
-    def execute(self, on_ready: OnReady, progress: bool | None) -> None:
-        """Run the pass; hand each target to ``on_ready`` as soon as its last write ran."""
-        items: list[tuple[int, Node, bool]] = [(n.seq, n, True) for n in self.run]
-        items += [(n.seq, n, False) for n in self.draw_only]
-        items.sort(key=lambda item: item[0])
-        self.values: dict[int, torch.UntypedStorage] = {}
-        self._start_from_caches()
-        self.uses = self._count_uses()
-        self.scratch = _Scratch()
+    def __init__(self, plan: Plan, on_ready: OnReady, stats: ReplayStats | None = None) -> None:
+        self.plan = plan
         self.on_ready = on_ready
-        self.prefetch = _Prefetcher(self._fresh_targets())
-        bar = _progress_bar(len(items), progress)
+        self.stats = stats if stats is not None else ReplayStats()
+        self.targets = {id(s): s for s in plan.targets}  # not yet handed over
+        self.target_ids = frozenset(self.targets)
+        self.usable, self.need = plan.usable, plan.need
+        self.uses = dict(plan.uses)  # counted down as nodes run
+        self.values: dict[int, torch.UntypedStorage] = {}  # storage id -> real memory
+        self.version_now: dict[int, int] = {}  # storage id -> version ``values`` hold
+        self.generators = _Generators()
+        self.scratch = _Scratch()
+        self.prefetch: _Prefetcher | None = None
+
+    def run(self, progress: bool | None) -> None:
+        """Run the plan; hand each target to ``on_ready`` as soon as its last write ran."""
+        self._start_from_caches()
+        self.prefetch = _Prefetcher(self.plan.fresh)
+        bar = _progress_bar(len(self.plan.nodes), progress)
         try:
-            with _real_execution():
+            with real_execution():
                 for s in list(self.targets.values()):
                     self._hand_over_if_done(s)  # an early value may already be current
-                for _, node, real in items:
+                for node, real in self.plan.nodes:
                     self._execute(node, real)
                     bar.update(1)
             self._advance_caches()
@@ -302,43 +222,13 @@ class _Pass:
         if self.targets:
             raise AssertionError(f"replay did not produce {len(self.targets)} storages")
 
-    def _fresh_targets(self) -> list[LazyStorage]:
-        """Targets whose first write in this pass fills new memory, in the order written."""
-        fresh: list[tuple[int, LazyStorage]] = []
-        for key, s in self.targets.items():
-            if key in self.usable:
-                continue
-            first = min(self.need[key])
-            writer = s.writers[first - 1]
-            write = _write_of(writer, s, first)
-            # (a whole-storage copy_ usually takes its source's memory instead)
-            if (
-                write.output_index is None
-                and not write.keeps_base
-                and writer in self.run
-                and writer.op is not _COPY
-            ):
-                fresh.append((writer.seq, s))
-        return [s for _, s in sorted(fresh, key=lambda item: item[0])]
-
     def _hand_over_if_done(self, s: LazyStorage) -> None:
         key = id(s)
-        if key in self.targets and self._version_now.get(key) == s.version:
+        if key in self.targets and self.version_now.get(key) == s.version:
             del self.targets[key]
             self.on_ready(s, self.values[key])
             if self.uses.get(key, 0) == 0:
                 self.values.pop(key, None)
-
-    def _count_uses(self) -> dict[int, int]:
-        uses: dict[int, int] = defaultdict(int)
-        for node in self.run:
-            for r in node.reads:
-                if (s := r.storage) is not None:
-                    uses[id(s)] += 1
-            for w in node.writes:
-                if w.keeps_base and w.storage is not None:
-                    uses[id(w.storage)] += 1
-        return uses
 
     def _execute(self, node: Node, real: bool) -> None:
         if real and self._move_instead_of_copy(node):
@@ -367,14 +257,14 @@ class _Pass:
             for w in node.writes:
                 s = w.storage
                 if s is not None and id(s) in self.values:
-                    self._version_now[id(s)] = w.version
+                    self.version_now[id(s)] = w.version
                     self._hand_over_if_done(s)
 
     def _move_instead_of_copy(self, node: Node) -> bool:
         """``dst.copy_(src)`` over a whole fresh storage, from a source nothing reads later: hand
         the source's memory to the destination instead of allocating and copying (loading from
         a checkpoint, ``w.data.copy_(init)``)."""
-        if node.op is not _COPY or len(node.writes) != 1 or len(node.reads) != 1:
+        if node.op is not COPY or len(node.writes) != 1 or len(node.reads) != 1:
             return False
         write, source = node.writes[0], node.reads[0]
         dst, src = write.storage, source.storage
@@ -416,6 +306,7 @@ class _Pass:
             return self.scratch.like(meta, device)
         buf = self.values.get(id(s))
         if buf is None:
+            assert self.prefetch is not None
             buf = self.values[id(s)] = self.prefetch.take(s)
         return view_of(buf, meta)
 
@@ -452,26 +343,18 @@ class _Pass:
                 self.values.pop(key, None)
 
     def _start_from_caches(self) -> None:
-        self._version_now: dict[int, int] = {}
         for key in self.usable:
-            s = self.storages.get(key)
+            s = self.plan.storages.get(key)
             if s is not None and s.cache is not None:
                 self.values[key] = s.cache
-                self._version_now[key] = s.cache_version
+                self.version_now[key] = s.cache_version
 
     def _advance_caches(self) -> None:
         # Writes replayed onto an early value moved it to a newer version.
         for key in self.usable:
-            s = self.storages.get(key)
+            s = self.plan.storages.get(key)
             if s is not None and s.cache is not None:
                 s.cache_version = max(s.cache_version, max(self.need[key]))
-
-
-def _storage(ref: TensorRef) -> LazyStorage:
-    s = ref.storage
-    if s is None:
-        raise AssertionError("a node read a storage that no longer exists")
-    return s
 
 
 def _ref_device(ref: TensorRef, node: Node) -> torch.device:
@@ -482,13 +365,6 @@ def _ref_device(ref: TensorRef, node: Node) -> torch.device:
         if w.storage is not None:
             return w.storage.device
     return torch.device("cpu")
-
-
-def _write_of(node: Node, storage: LazyStorage, version: int) -> Write:
-    for w in node.writes:
-        if w.version == version and w.storage is storage:
-            return w
-    raise AssertionError(f"{node} does not write version {version} of this storage")
 
 
 def _progress_bar(total: int, progress: bool | None) -> Any:
@@ -522,9 +398,9 @@ def compute_each(
     keeps the value only as long as later ops still read it, so a caller that keeps a slice of
     each value (a shard) holds about one full tensor at a time.
     """
-    targets = list({id(s): s for s in storages}.values())
+    targets = list(storages)
     if targets:
-        _Pass(targets, stats=stats).execute(on_ready, progress)
+        _Execution(plan(targets), on_ready, stats).run(progress)
 
 
 def compute(
@@ -539,26 +415,3 @@ def compute(
         storages, lambda s, v: values.__setitem__(id(s), v), progress=progress, stats=stats
     )
     return values
-
-
-def evaluate(t: LazyTensor, reason: str) -> torch.Tensor:
-    """The exact value of a lazy tensor, computed now and kept (early materialization)."""
-    from ._context import recording_active
-    from ._record import user_frame
-
-    if not recording_active():
-        raise LazyTensorError(
-            f"{reason} needs the values of a lazy {describe(t)} outside LazyInitContext: call "
-            "dormant.materialize(module) first (or run this code inside the context)",
-            tensor=describe(t),
-            op=reason,
-        )
-    s = t._lazy_storage
-    if s.cache is None or s.cache_version != s.version:
-        buf = compute([s])[id(s)]
-        s.cache, s.cache_version = buf, s.version
-        if not s.early:
-            s.early.append(EarlyRecord(reason, user_frame(), t.numel(), s.nbytes))
-    assert s.cache is not None
-    with _real_execution():
-        return view_of(s.cache, t._meta)

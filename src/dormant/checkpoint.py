@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ._graph import meta_like, source
 from ._lazy_tensor import LazyTensor
 from .errors import DormantError
 
@@ -176,19 +177,8 @@ def _describe(
 
 def _file_tensor(entry: _Entry) -> LazyTensor:
     """A lazy tensor whose value is read from the checkpoint at materialization."""
-    from ._graph import LazyStorage, Node, TensorRef, Write
-    from ._record import meta_like
-
     meta = meta_like(torch.empty(entry.shape, dtype=entry.dtype, device="meta"))
-    storage = LazyStorage(meta.untyped_storage().nbytes(), torch.device("cpu"))
-    node = Node(entry.read, [], torch.utils._pytree.tree_flatten(((), {}))[1], f"read {entry.key}")
-    node.writes.append(
-        Write(
-            storage, 1, ref=TensorRef(storage, meta, 1, weak=True), output_index=0, keeps_base=False
-        )
-    )
-    storage.writers.append(node)
-    return LazyTensor(meta, storage)
+    return LazyTensor(meta, source(entry.read, meta, torch.device("cpu"), f"read {entry.key}"))
 
 
 # --- files changing under a lazy model -----------------------------------------------------------

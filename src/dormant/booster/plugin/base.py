@@ -21,9 +21,36 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from ..._lazy_tensor import LazyTensor
+from ..._materialize import materialize
+from ..._placement import fill_local, to_empty, to_meta
 from ...errors import DormantError
 
 _BOOSTED = "_dormant_boosted"
+
+# ``mixed_precision`` names and the parameter dtype each means.
+MIXED_PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def device_type() -> str:
+    """Where plugins put the model: the accelerator if there is one."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@contextlib.contextmanager
+def sharded_in_place(model: nn.Module, device: str) -> Iterator[None]:
+    """Shard ``model`` with a PyTorch engine inside the block, before any value exists; then
+    allocate each rank's local shards on ``device`` and fill them exactly.
+
+    See [Note: sharded materialization] in ``_placement.py``: the model is moved to meta
+    (keeping its lazy or real values aside), the engine shards meta tensors, ``to_empty``
+    allocates the local shards, and each shard is filled from the values kept aside.
+    """
+    sources = to_meta(model)
+    yield
+    to_empty(model, device)
+    fill_local(model, sources)
+    del sources
+    materialize(model)  # tensors held as plain attributes, if any are lazy
 
 
 def check_not_boosted(model: nn.Module) -> None:

@@ -6,14 +6,20 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor.parallel import ParallelStyle, parallelize_module
 
-from ..._materialize import materialize
-from ..._placement import fill_local, to_empty, to_meta
 from ...errors import DormantError
-from .base import Plugin, blocks, check_same_program, mark_boosted, require_process_group
-from .torch_fsdp import _DTYPES, device_type
+from .base import (
+    MIXED_PRECISION_DTYPES,
+    Plugin,
+    blocks,
+    check_same_program,
+    device_type,
+    mark_boosted,
+    require_process_group,
+    sharded_in_place,
+)
 from .tp_plans import check_plan_matches, plan_for
 
 
@@ -64,21 +70,15 @@ class HybridParallelPlugin(Plugin):
         # after check_same_program: ranks agree on the model, so all raise here or none does
         check_plan_matches(model, plan)
         mesh = init_device_mesh(device_type(), (dp, self.tp_size), mesh_dim_names=("dp", "tp"))
-        sources = to_meta(model)
-        parallelize_module(model, mesh["tp"], plan)
-        if dp > 1:
-            kwargs: dict = {"mesh": mesh["dp"], "reshard_after_forward": self.zero_stage == 3}
-            if self.mixed_precision is not None:
-                from torch.distributed.fsdp import MixedPrecisionPolicy
-
-                dtype = _DTYPES[self.mixed_precision]
-                kwargs["mp_policy"] = MixedPrecisionPolicy(dtype, torch.float32)
-            for block in blocks(model):
-                fully_shard(block, **kwargs)
-            fully_shard(model, **kwargs)
-        to_empty(model, device_type())
-        fill_local(model, sources)
-        del sources
-        materialize(model)
+        with sharded_in_place(model, device_type()):
+            parallelize_module(model, mesh["tp"], plan)
+            if dp > 1:
+                kwargs: dict = {"mesh": mesh["dp"], "reshard_after_forward": self.zero_stage == 3}
+                if self.mixed_precision is not None:
+                    dtype = MIXED_PRECISION_DTYPES[self.mixed_precision]
+                    kwargs["mp_policy"] = MixedPrecisionPolicy(dtype, torch.float32)
+                for block in blocks(model):
+                    fully_shard(block, **kwargs)
+                fully_shard(model, **kwargs)
         mark_boosted(model)
         return model

@@ -17,21 +17,16 @@ from torch.distributed.fsdp import (
     fully_shard,
 )
 
-from ..._materialize import materialize
-from ..._placement import fill_local, to_empty, to_meta
 from .base import (
+    MIXED_PRECISION_DTYPES,
     Plugin,
     blocks,
     check_same_program,
+    device_type,
     mark_boosted,
     require_process_group,
+    sharded_in_place,
 )
-
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def device_type() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def shard_with_fsdp(
@@ -46,20 +41,16 @@ def shard_with_fsdp(
 
     See [Note: sharded materialization] in ``_placement.py``.
     """
-    sources = to_meta(model)
     kwargs: dict[str, Any] = {"mesh": mesh, "reshard_after_forward": reshard_after_forward}
     if mixed_precision is not None:
-        dtype = _DTYPES[mixed_precision]
+        dtype = MIXED_PRECISION_DTYPES[mixed_precision]
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
     pin = torch.cuda.is_available()  # pinned host memory needs an accelerator
     kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=pin) if offload else OffloadPolicy()
-    for block in blocks(model):
-        fully_shard(block, **kwargs)
-    fully_shard(model, **kwargs)
-    to_empty(model, "cpu" if offload else device_type())
-    fill_local(model, sources)
-    del sources
-    materialize(model)  # tensors held as plain attributes, if any are lazy
+    with sharded_in_place(model, "cpu" if offload else device_type()):
+        for block in blocks(model):
+            fully_shard(block, **kwargs)
+        fully_shard(model, **kwargs)
     return model
 
 

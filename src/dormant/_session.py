@@ -1,0 +1,60 @@
+"""The recording session: which thread records, where new tensors go, and how random ops record.
+
+One :class:`~dormant.LazyInitContext` at a time records, on one thread (nested contexts on that
+thread join it). Everything below the context reads the session from here, so this module
+imports nothing from dormant.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from dataclasses import dataclass
+
+import torch
+
+
+class RngMode(enum.Enum):
+    """How random ops are recorded (``LazyInitContext(rng=...)``)."""
+
+    EXACT = "exact"  # eager's values: each op at its place on eager's stream
+    FAST = "fast"  # each op from its own derived state: reproducible, not eager's
+
+
+@dataclass
+class Session:
+    """The state of the recording session (one per process)."""
+
+    owner: int | None = None  # the thread that records
+    depth: int = 0  # nesting of contexts on that thread
+    device: torch.device | None = None
+    rng: RngMode = RngMode.EXACT
+
+    def start(self, device: torch.device, rng: RngMode) -> None:
+        self.owner, self.depth, self.device, self.rng = threading.get_ident(), 1, device, rng
+
+    def stop(self) -> None:
+        self.owner, self.depth, self.device, self.rng = None, 0, None, RngMode.EXACT
+
+
+session = Session()
+lock = threading.Lock()  # guards starting and stopping the session
+
+
+def recording_active() -> bool:
+    """Whether the calling thread is inside a :class:`~dormant.LazyInitContext`."""
+    return session.owner == threading.get_ident()
+
+
+def normalize_device(device: str | int | torch.device | None) -> torch.device:
+    """A ``torch.device`` with its index filled in (``"cuda"`` -> ``cuda:<current>``)."""
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, int):
+        device = torch.device("cuda", device)
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {str(device)!r} but CUDA is not available; use 'cpu'")
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
