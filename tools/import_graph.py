@@ -52,7 +52,7 @@ def cycle(edges: dict[str, set[str]]) -> list[str] | None:
             if m.count(".") < n.count(".") and n.startswith(m + "."):
                 continue  # a module importing its own package's __init__
             if state.get(m) == 1:
-                return stack[stack.index(m) :] + [m]
+                return [*stack[stack.index(m) :], m]
             if m not in state and (found := visit(m)):
                 return found
         stack.pop()
