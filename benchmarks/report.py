@@ -283,7 +283,7 @@ def main() -> None:
     plot(figs, docs / "benchmarks.png")
     main_env, peer_env = envs.get("main", {}), envs.get("peer", {})
     start = min((e["start"] for e in envs.values()), default=0)
-    date = dt.datetime.fromtimestamp(start, dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    date = dt.datetime.fromtimestamp(start, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     vm = ", ".join(f"{k} {v}" for k, v in main_env.get("versions", {}).items())
     vp = ", ".join(f"{k} {v}" for k, v in peer_env.get("versions", {}).items())
     loads = "; ".join(

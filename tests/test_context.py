@@ -21,11 +21,11 @@ def test_nested_context_joins_the_outer_one() -> None:
     assert type(torch.zeros(2)) is torch.Tensor
 
 
-def test_nested_context_with_another_device_is_refused() -> None:
+def test_nested_context_with_other_options_is_refused() -> None:
     with (
         LazyInitContext(),
         pytest.raises(RuntimeError, match="nested LazyInitContext"),
-        LazyInitContext(default_device="meta"),
+        LazyInitContext(rng="fast"),
     ):
         pass
     assert type(torch.zeros(2)) is torch.Tensor
@@ -115,3 +115,8 @@ def test_cuda_default_device_equals_eager_on_cuda() -> None:
     materialize(lazy)
     assert torch.equal(torch.cuda.get_rng_state(), cuda_state)
     assert_same(eager, lazy)
+
+
+def test_meta_default_device_is_refused_with_what_to_do() -> None:
+    with pytest.raises(ValueError, match=r"default_device='meta'.*materialize cannot fill"):
+        LazyInitContext(default_device="meta")

@@ -23,9 +23,9 @@ def test_no_import_cycle_counting_imports_inside_functions() -> None:
 
 def test_core_layers_import_downwards_only() -> None:
     edges = import_graph.graph()
-    # Leaves: the session, the graph, the generator math import nothing of dormant.
+    # Leaves: the session, the graph, the generator math import nothing of dormant but errors.
     for leaf in ("dormant._session", "dormant._graph", "dormant._mt19937", "dormant.errors"):
-        assert edges[leaf] == set(), (leaf, edges[leaf])
+        assert edges[leaf] <= {"dormant.errors"}, (leaf, edges[leaf])
     # Replay never reaches back into recording or the context.
     for lower in ("dormant._plan", "dormant._replay", "dormant._rng"):
         assert not edges[lower] & {"dormant._record", "dormant._context", "dormant._lazy_tensor"}

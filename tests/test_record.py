@@ -13,7 +13,14 @@ from helpers import assert_same, build_pair
 from models import Factories
 from torch import nn
 
-from dormant import LazyInitContext, LazyTensor, UnsupportedOpError, is_lazy, materialize
+from dormant import (
+    LazyInitContext,
+    LazyTensor,
+    LazyTensorError,
+    UnsupportedOpError,
+    is_lazy,
+    materialize,
+)
 
 
 def test_every_factory_spelling_is_lazy() -> None:
@@ -188,3 +195,24 @@ def test_invalid_random_init_raises_at_build_as_eager_does() -> None:
             t.normal_(0.0, -1.0)
         with pytest.raises(RuntimeError, match="floating-point"):
             torch.empty(3, dtype=torch.long).normal_()
+
+
+def test_moving_a_lazy_model_to_meta_gives_meta_tensors_as_eager_does() -> None:
+    with LazyInitContext():
+        m = nn.Linear(4, 4)
+    assert m.weight.to("meta").is_meta
+    m.to("meta")
+    assert m.weight.is_meta and m.weight.device.type == "meta"
+    assert not is_lazy(m)
+
+
+def test_forward_pass_before_materialize_is_a_clear_error() -> None:
+    with LazyInitContext():
+        m = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    with pytest.raises(LazyTensorError, match=r"forward pass.*dormant\.materialize\(model\)"):
+        m(torch.ones(2, 4))
+    with torch.no_grad(), pytest.raises(LazyTensorError, match="forward pass"):
+        m(torch.ones(2, 4))
+    nn.init.zeros_(m[0].bias)  # edits after building still record
+    materialize(m)
+    assert m(torch.ones(2, 4)).shape == (2, 4)

@@ -10,7 +10,7 @@ from helpers import assert_same, build_pair, differences, rng_unchanged
 from models import PATTERNS, DataDependent, RandomOrder
 from torch import nn
 
-from dormant import LazyInitContext, materialize
+from dormant import LazyInitContext, MaterializationError, materialize
 
 
 @pytest.mark.parametrize("ctor", PATTERNS, ids=lambda c: c.__name__)
@@ -182,3 +182,33 @@ def test_fast_rng_is_deterministic_in_any_order() -> None:
 def test_rng_mode_is_checked() -> None:
     with pytest.raises(ValueError, match="'exact' or 'fast'"):
         LazyInitContext(rng="quick")
+
+
+def test_a_real_source_changed_after_the_copy_is_an_error_not_new_values() -> None:
+    policy = nn.Linear(4, 4)
+    with LazyInitContext():
+        lazy = nn.Linear(4, 4)
+    lazy.load_state_dict(policy.state_dict())
+    expected = policy.weight.detach().clone()
+    with torch.no_grad():
+        policy.weight.add_(1.0)  # the policy keeps training
+    with pytest.raises(MaterializationError, match=r"modified in place afterwards.*clone\(\)"):
+        materialize(lazy)
+    lazy.load_state_dict({k: v.clone() for k, v in policy.state_dict().items()})  # usable again
+    materialize(lazy)
+    assert torch.equal(lazy.weight, expected + 1.0)
+
+
+def test_a_real_table_changed_inside_model_code_is_an_error() -> None:
+    class Scaled(nn.Module):
+        def __init__(self, table: torch.Tensor) -> None:
+            super().__init__()
+            self.raw = nn.Parameter(torch.empty(3))
+            self.raw.data.copy_(table)
+            table.div_(2)  # eager copied before this
+
+    table = torch.ones(3)  # real: made before the context
+    with LazyInitContext():
+        m = Scaled(table)
+    with pytest.raises(MaterializationError, match="modified in place"):
+        materialize(m)

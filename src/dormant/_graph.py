@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch.utils._pytree import TreeSpec, tree_flatten
 
+from .errors import MaterializationError
+
 _sequence = itertools.count()
 
 
@@ -199,14 +201,28 @@ def view_of(storage: torch.UntypedStorage, meta: torch.Tensor) -> torch.Tensor:
 
 
 class Constant:
-    """The op of a node whose value was given as real data (``torch.tensor([...])``)."""
+    """The op of a node whose value was given as real data (``torch.tensor([...])``, a real
+    tensor copied into a lazy one). Eager reads it at the copy; dormant reads it at
+    materialization, so an in-place change in between is an error, not a silent new value."""
 
-    __slots__ = ("value",)
+    __slots__ = ("value", "version", "where")
 
-    def __init__(self, value: torch.Tensor) -> None:
+    def __init__(self, value: torch.Tensor, where: str) -> None:
         self.value = value
+        try:
+            self.version: int | None = value._version
+        except RuntimeError:  # inference tensors keep no version counter (and cannot change)
+            self.version = None
+        self.where = where  # the model code's file:line, for the error
 
     def __call__(self) -> torch.Tensor:
+        if self.version is not None and self.value._version != self.version:
+            raise MaterializationError(
+                f"a real {tuple(self.value.shape)} {self.value.dtype} tensor copied into the lazy "
+                f"model at {self.where} was modified in place afterwards; dormant reads it at "
+                "materialization, so its values would not be those of the copy: pass a copy "
+                "(tensor.clone()) or stop changing it until the model is materialized"
+            )
         return self.value
 
 

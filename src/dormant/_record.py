@@ -105,6 +105,24 @@ _METADATA_QUERIES = {
 
 _RANDOM_EXTRA = {aten.native_dropout, aten.rrelu_with_noise}
 
+# Ops of a forward pass. Outside the context they mean a model is used before it was
+# materialized: an error then, rather than a lazy loss with no gradients.
+_FORWARD_OPS = {
+    aten.mm,
+    aten.addmm,
+    aten.bmm,
+    aten.baddbmm,
+    aten.convolution,
+    aten.embedding,
+    aten.native_layer_norm,
+    aten.native_group_norm,
+    aten.native_batch_norm,
+    aten._native_batch_norm_legit,
+    aten._softmax,
+    aten._log_softmax,
+    aten._scaled_dot_product_flash_attention_for_cpu,
+}
+
 
 @functools.cache
 def _is_random(packet: torch._ops.OpOverloadPacket) -> bool:
@@ -231,6 +249,14 @@ def record_op(
             if in_context and not to_meta and _is_random(packet):
                 _draw_for_real(func, args, kwargs, tensors)
             return func(*args, **kwargs)
+    if not in_context and packet in _FORWARD_OPS:
+        raise LazyTensorError(
+            f"{func} on a lazy {describe(lazy[0])} outside LazyInitContext: this looks like a "
+            "forward pass (or a training step) on a model that was never materialized; call "
+            "dormant.materialize(model) or booster.boost(model) first",
+            tensor=describe(lazy[0]),
+            op=str(func),
+        )
     if packet in _METADATA_INPLACE:
         raise UnsupportedOpError(
             f"{func} changes the metadata of a lazy {describe(lazy[0])} in place, which dormant "
@@ -315,6 +341,8 @@ def _record(
         meta_out = tree_unflatten(*_map_flat(_meta_of_output, forced_out))
     if _is_view_op(func):
         return _wrap_views(func, bound, meta_out)
+    if device.type == "meta" and not _schema_info(func)[1]:
+        return meta_out  # ``lazy.to("meta")``: a meta tensor, as eager gives; nothing to compute
     if not tensors:
         # Pin the factory's defaults so replay does not depend on global settings then.
         first = tree_flatten(meta_out)[0][0]
@@ -392,7 +420,7 @@ def _add_node(
     shape_only = packet in _SHAPE_ONLY
     for i, x in enumerate(flat):
         if not isinstance(x, LazyTensor):
-            node.flat_args.append(x)
+            node.flat_args.append(_held(x) if not shape_only else x)
             continue
         s = x._lazy_storage
         weak = shape_only or id(s) in written_storages
@@ -483,9 +511,16 @@ def as_lazy(value: Any) -> LazyTensor:
     return _constant(value)
 
 
+def _held(x: Any) -> Any:
+    """A real tensor argument, held so that replay reads it as it was (see ``Constant``)."""
+    if isinstance(x, torch.Tensor) and x.device.type != "meta":
+        return Constant(x, user_frame())
+    return x
+
+
 def _constant(value: torch.Tensor) -> LazyTensor:
     meta = meta_like(value)
-    return LazyTensor(meta, source(Constant(value), meta, value.device, "constant"))
+    return LazyTensor(meta, source(Constant(value, user_frame()), meta, value.device, "constant"))
 
 
 # --- ops that need values ----------------------------------------------------------------------
@@ -619,7 +654,7 @@ def _record_deferred(
     s = t._lazy_storage
     node = Node(DeferredCall(fn, name, tensor_arg), [], spec, name)
     ref = TensorRef(s, t._meta, s.version, weak=True)
-    node.flat_args = [ref if x is t else x for x in flat]
+    node.flat_args = [ref if x is t else _held(x) for x in flat]
     node.label = f"{name}({tuple(t.shape)})"
     s.add_write(node, ref=ref, keeps_base=not _covers_storage(t._meta, s))
     if random:

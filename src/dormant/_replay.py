@@ -100,7 +100,8 @@ class _Prefetcher:
 
     def close(self) -> None:
         self.stop = True
-        for _ in range(len(self.order) * 256):
+        # The thread waits for at most one storage's cost; then it sees ``stop`` and returns.
+        for _ in range(max(self.cost.values(), default=0)):
             self.budget.release()
 
 
@@ -234,10 +235,7 @@ class _Execution:
         if real and self._move_instead_of_copy(node):
             out = None
         else:
-            args = [
-                self._argument(node, x, real) if isinstance(x, TensorRef) else x
-                for x in node.flat_args
-            ]
+            args = [self._value(node, x, real) for x in node.flat_args]
             call_args, call_kwargs = tree_unflatten(args, node.spec)
             try:
                 with self.generators.placed(node, call_kwargs) as op:
@@ -259,6 +257,11 @@ class _Execution:
                 if s is not None and id(s) in self.values:
                     self.version_now[id(s)] = w.version
                     self._hand_over_if_done(s)
+
+    def _value(self, node: Node, x: Any, real: bool) -> Any:
+        if isinstance(x, TensorRef):
+            return self._argument(node, x, real)
+        return x() if isinstance(x, Constant) else x  # a real tensor, checked unchanged
 
     def _move_instead_of_copy(self, node: Node) -> bool:
         """``dst.copy_(src)`` over a whole fresh storage, from a source nothing reads later: hand
