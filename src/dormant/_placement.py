@@ -9,6 +9,7 @@ real values.
 
 from __future__ import annotations
 
+import enum
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,12 +23,20 @@ from ._replay import compute_each, real_execution
 from .errors import MaterializationError
 
 
+class SlotKind(enum.Enum):
+    """How a module holds a tensor."""
+
+    PARAMETER = "parameter"
+    BUFFER = "buffer"
+    ATTRIBUTE = "attribute"  # a plain attribute, or in a list or dict attribute
+
+
 @dataclass(frozen=True)
 class Slot:
     """A place where a module holds a tensor: a parameter, a buffer or a plain attribute."""
 
     name: str  # fully qualified, as in ``state_dict``
-    kind: str  # "parameter", "buffer" or "attribute"
+    kind: SlotKind
     tensor: torch.Tensor
 
 
@@ -37,10 +46,10 @@ def module_tensors(module: nn.Module) -> Iterator[Slot]:
         dot = f"{prefix}." if prefix else ""
         for name, p in mod._parameters.items():
             if p is not None:
-                yield Slot(dot + name, "parameter", p)
+                yield Slot(dot + name, SlotKind.PARAMETER, p)
         for name, b in mod._buffers.items():
             if b is not None:
-                yield Slot(dot + name, "buffer", b)
+                yield Slot(dot + name, SlotKind.BUFFER, b)
         for name, value in vars(mod).items():
             if name in ("_parameters", "_buffers", "_modules"):
                 continue
@@ -49,15 +58,15 @@ def module_tensors(module: nn.Module) -> Iterator[Slot]:
 
 def _attribute_tensors(name: str, value: object) -> Iterator[Slot]:
     if isinstance(value, torch.Tensor):
-        yield Slot(name, "attribute", value)
+        yield Slot(name, SlotKind.ATTRIBUTE, value)
     elif isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
             if isinstance(item, torch.Tensor):
-                yield Slot(f"{name}[{i}]", "attribute", item)
+                yield Slot(f"{name}[{i}]", SlotKind.ATTRIBUTE, item)
     elif isinstance(value, dict):
         for key, item in value.items():
             if isinstance(item, torch.Tensor):
-                yield Slot(f"{name}[{key!r}]", "attribute", item)
+                yield Slot(f"{name}[{key!r}]", SlotKind.ATTRIBUTE, item)
 
 
 def install(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ._graph import EarlyRecord
+from ._placement import SlotKind
 
 
 @dataclass(frozen=True)
@@ -43,11 +44,13 @@ class MaterializeReport:
         """Share of elements (parameters and buffers) that stayed lazy until materialization."""
         return 1.0 - self.early_numel / self.numel if self.numel else 1.0
 
-    def add(self, name: str, kind: str, numel: int, early: list[EarlyRecord], lazy: bool) -> None:
-        if kind == "parameter":
+    def add(
+        self, name: str, kind: SlotKind, numel: int, early: list[EarlyRecord], lazy: bool
+    ) -> None:
+        if kind is SlotKind.PARAMETER:
             self.parameters += 1
             self.lazy_parameters += lazy and not early
-        elif kind == "buffer":
+        elif kind is SlotKind.BUFFER:
             self.buffers += 1
             self.lazy_buffers += lazy and not early
         else:
