@@ -41,7 +41,7 @@ def real_execution() -> Iterator[None]:
 
 
 class _Scratch:
-    """Reusable memory for writes whose values nobody needs (advancing a random stream)."""
+    """Reusable memory for writes whose values nobody needs (an op run for its draws alone)."""
 
     def __init__(self) -> None:
         self.buffers: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
@@ -299,7 +299,7 @@ class _Execution:
         if write is None:
             source = ref.storage
             if source is None:
-                # Only a random op advanced for its draws reads a storage that died: it read
+                # Only a random op run for its draws reads a storage that died: it read
                 # its own target, and in-place random ops draw independently of the values.
                 return self.scratch.like(meta, _ref_device(ref, node))
             return view_of(self.values[id(source)], meta)

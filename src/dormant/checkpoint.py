@@ -3,8 +3,8 @@
 For a lazy model, loading records one op per tensor, ``param.copy_(<tensor in the file>)``,
 whose source is read from the file only when the model is materialized. The copy overwrites the
 whole parameter, so replay never computes the random initialization it replaces (see
-``_replay``); random draws are still advanced over where later, missing tensors need the stream,
-so those get exactly the values eager construction gives them.
+``_plan``); tensors the checkpoint lacks still start at their own place on the random stream
+(see [Note: RNG positions] in ``_rng``), so they get exactly the values eager gives them.
 """
 
 from __future__ import annotations
