@@ -1,19 +1,21 @@
-"""Runs under torchrun: one scenario of the Booster tests, on every rank.
+"""Booster and plugins on real 2-rank gloo runs under torchrun.
 
-Usage: torchrun --nproc_per_node=2 worker.py SCENARIO OUT_DIR. Each rank writes OUT_DIR/rank<k>.json
-with its findings; any exception fails the rank (and torchrun) with its traceback.
+Each ``scenario_*`` function runs on every rank (through ``distributed/run.py``) and returns what
+it found; the tests right after it launch it and check the findings.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import subprocess
 import sys
-import tempfile
-import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -32,7 +34,35 @@ from dormant.booster.plugin import (
 )
 from dormant.errors import DormantError
 
-SEED = 1234
+pytest.importorskip("transformers")
+TESTS = Path(__file__).resolve().parent
+RUNNER = TESTS / "distributed" / "run.py"
+SEED = 1234  # every rank's seed (the runner calls dormant.launch(seed=SEED))
+
+
+def run_ranks(
+    scenario: Callable[[], dict[str, Any]], tmp_path: Path, nproc: int = 2
+) -> list[dict[str, Any]]:
+    """Run ``scenario`` (a function of this module) on ``nproc`` gloo ranks under torchrun; each
+    rank's result comes back as JSON. Fail with every rank's output if one fails."""
+    env = {**os.environ, "DORMANT_TEST_TMP": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        "--nproc_per_node", str(nproc), str(RUNNER),
+        Path(__file__).stem, scenario.__name__, str(tmp_path),
+    ]  # fmt: skip
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"{scenario.__name__}: ranks hung for {e.timeout} s\n{e.stderr}")
+    if proc.returncode != 0:
+        pytest.fail(
+            f"{scenario.__name__}: a rank failed (exit {proc.returncode})\n{proc.stderr[-8000:]}"
+        )
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(nproc)]
+
+
 PLUGINS: dict[str, Callable[[], Any]] = {
     "ddp": TorchDDPPlugin,
     "fsdp": TorchFSDPPlugin,
@@ -161,6 +191,40 @@ def scenario_plugins() -> dict[str, Any]:
     return results
 
 
+@pytest.fixture(scope="module")
+def plugin_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    return run_ranks(scenario_plugins, tmp_path_factory.mktemp("plugins"))
+
+
+@pytest.mark.parametrize("how", ["lazy", "partly", "real"])
+@pytest.mark.parametrize("plugin", list(PLUGINS))
+def test_boosted_model_equals_eager_single_process(
+    plugin_results: list[dict[str, Any]], plugin: str, how: str
+) -> None:
+    for rank, results in enumerate(plugin_results):
+        r = results[f"{plugin}/{how}"]
+        assert r["keys_match"], f"rank {rank}: state dict keys differ"
+        assert r["not_equal"] == [], f"rank {rank}: not bit-identical to eager: {r['not_equal']}"
+        assert not r["lazy_left"]
+        # one training step: the engine's reductions may reorder sums, so a tolerance here
+        for got, want in zip(r["losses"], r["ref_losses"], strict=True):
+            assert math.isclose(got, want, rel_tol=1e-5), (r["losses"], r["ref_losses"])
+
+
+@pytest.mark.parametrize(
+    ("family", "split"), [("bert", "intermediate.dense.weight"), ("gpt2", "mlp.c_fc.weight")]
+)
+def test_tensor_parallel_plans_are_exact_and_train(
+    plugin_results: list[dict[str, Any]], family: str, split: str
+) -> None:
+    for results in plugin_results:
+        r = results[f"hybrid_tp2/{family}"]
+        assert r["keys_match"] and r["not_equal"] == [], r["not_equal"]
+        assert any(name.endswith(split) for name in r["sharded"]), r["sharded"]
+        for got, want in zip(r["losses"], r["ref_losses"], strict=True):
+            assert math.isclose(got, want, rel_tol=1e-5), (r["losses"], r["ref_losses"])
+
+
 def scenario_errors() -> dict[str, Any]:
     out: dict[str, Any] = {}
 
@@ -191,6 +255,16 @@ def scenario_errors() -> dict[str, Any]:
         skewed = llama()
     out["different_seeds"] = message(lambda: Booster(plugin=TorchFSDPPlugin()).boost(skewed))
     return out
+
+
+def test_bad_input_gets_clear_errors(tmp_path: Path) -> None:
+    errors = run_ranks(scenario_errors, tmp_path)[0]
+    assert "already boosted" in errors["twice"]
+    assert "tp_size=3 does not divide the world size 2" in errors["tp_divides"]
+    assert "no tensor-parallel plan known for Sequential" in errors["no_plan"]
+    assert "tp_plan=" in errors["no_plan"]
+    assert "torch.autocast" in errors["ddp_mp"]
+    assert "seed every rank the same" in errors["different_seeds"]
 
 
 def scenario_checkpoint() -> dict[str, Any]:
@@ -226,6 +300,14 @@ def scenario_checkpoint() -> dict[str, Any]:
     return out
 
 
+def test_checkpoints_round_trip(tmp_path: Path) -> None:
+    for results in run_ranks(scenario_checkpoint, tmp_path):
+        for plugin, r in results.items():
+            assert r["model_roundtrip"], plugin
+            assert r["export_matches"] and r["export_keys"] >= 20, plugin
+            assert r["next_loss_equal"], plugin
+
+
 def scenario_dataloader() -> dict[str, Any]:
     data = torch.utils.data.TensorDataset(torch.arange(10))
     loader = torch.utils.data.DataLoader(data, batch_size=2, shuffle=False)
@@ -238,6 +320,12 @@ def scenario_dataloader() -> dict[str, Any]:
     with booster.no_sync(model2):
         model2(input_ids=torch.ones(1, 4, dtype=torch.long)).logits.sum().backward()
     return {"seen": seen, "sampler": type(loader.sampler).__name__}
+
+
+def test_dataloader_is_split_across_ranks(tmp_path: Path) -> None:
+    rank0, rank1 = run_ranks(scenario_dataloader, tmp_path)
+    assert rank0["sampler"] == "DistributedSampler"
+    assert sorted(rank0["seen"] + rank1["seen"]) == list(range(10))
 
 
 def scenario_pretrained() -> dict[str, Any]:
@@ -264,31 +352,10 @@ def scenario_pretrained() -> dict[str, Any]:
     return out
 
 
-SCENARIOS = {
-    "pretrained": scenario_pretrained,
-    "plugins": scenario_plugins,
-    "errors": scenario_errors,
-    "checkpoint": scenario_checkpoint,
-    "dataloader": scenario_dataloader,
-}
-
-
-def main() -> None:
-    scenario, out_dir = sys.argv[1], sys.argv[2]
-    dormant.launch(seed=SEED)
-    rank = dist.get_rank()
-    try:
-        result = SCENARIOS[scenario]()
-    except BaseException:
-        traceback.print_exc()
-        sys.stderr.flush()
-        os._exit(1)  # do not wait in barriers for a rank that will never come
-    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
-        json.dump(result, f)
-    dist.barrier()
-    dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    tempfile.tempdir = os.environ.get("DORMANT_TEST_TMP")
-    main()
+def test_lazy_from_pretrained_boosts_to_the_checkpoint_values(tmp_path: Path) -> None:
+    for results in run_ranks(scenario_pretrained, tmp_path):
+        assert results["shards"] > 2
+        for plugin in ("fsdp", "hybrid_tp2", "ddp"):
+            r = results[plugin]
+            assert r["all_lazy_before_boost"], plugin
+            assert r["keys_match"] and r["not_equal"] == [], (plugin, r)
