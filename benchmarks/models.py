@@ -18,6 +18,14 @@ LLAMA: dict[str, dict[str, int]] = {
     "llama-125m": dict(
         hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12
     ),
+    # ~220M: the model (untied embeddings: 2 x 32.8M of its parameters are embeddings).
+    "llama-220m": dict(
+        hidden_size=1024,
+        intermediate_size=2816,
+        num_hidden_layers=12,
+        num_attention_heads=16,
+        tie_word_embeddings=False,
+    ),
     # ~374M.
     "llama-350m": dict(
         hidden_size=1024, intermediate_size=2816, num_hidden_layers=24, num_attention_heads=16
@@ -145,6 +153,8 @@ MODELS: dict[str, Model] = {
     for m in [
         _m("llama-125m", "Llama 134M", "transformers", _llama(LLAMA["llama-125m"]),
            _llama(LLAMA_TINY), True, 5),
+        _m("llama-220m", "Llama 220M (untied embeddings)", "transformers",
+           _llama(LLAMA["llama-220m"]), _llama(LLAMA_TINY), True, 5),
         _m("llama-350m", "Llama 374M", "transformers", _llama(LLAMA["llama-350m"]),
            _llama(LLAMA_TINY), True, 5),
         _m("llama-1b", "Llama 1.1B", "transformers", _llama(LLAMA["llama-1b"]),

@@ -188,6 +188,39 @@ def build_rows(out: Path, runs: dict, model: str) -> tuple[list[list[str]], dict
     return rows, fig
 
 
+def rng_notes(runs: dict, models: list[str]) -> list[str]:
+    """What exact mode does with random numbers, and what `rng="fast"` buys over it, measured."""
+    notes = [
+        "- dormant (exact): random draws that later model code overwrites (transformers: the",
+        "  `init_weights` pass over each layer's own `reset_parameters`) are jumped over on",
+        "  mt19937's stream, never drawn. Recording draws nothing; when the context exits, the",
+        "  generator is moved to where eager construction leaves it (one jump, about 10-20 ms at",
+        "  any distance).",
+    ]
+    ratios = []  # (model, median ratio, best-run ratio) of construct + materialize time
+    for m in models:
+        exact, fast = ([r["total_s"] for r in runs.get((m, s, "main"), []) if "error" not in r]
+                       for s in ("dormant", "dormant-fast"))  # fmt: skip
+        if MODELS[m].full and exact and fast:
+            median = statistics.median(fast) / statistics.median(exact)
+            ratios.append((MODELS[m].short, median, min(fast) / min(exact)))
+    if ratios:
+        lo, hi = min(r[1] for r in ratios), max(r[1] for r in ratios)
+        per = ", ".join(f"{name} {r:.2f}x ({best:.2f}x)" for name, r, best in ratios)
+        slower = [name for name, r, _ in ratios if r >= 1]
+        notes.append(
+            '- `rng="fast"` against exact dormant, construct + materialize time, fast / exact as'
+            f" medians (fastest run of each in parentheses): {per}. Fast takes {lo:.2f}-{hi:.2f}x"
+            " exact's time"
+            + (f" and is no faster on {', '.join(slower)}." if slower else ".")
+            + " What it still buys: each random op starts from a freshly seeded state of its own,"
+            " so no private generator is placed at an op's position (an mt19937 jump of about"
+            " 10-20 ms, or drawing through a short gap) and no op runs for its draws alone; its"
+            " values differ from eager's."
+        )
+    return notes
+
+
 def plot(figs: dict[str, dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -279,6 +312,8 @@ def main() -> None:
                 "(slower than eager)."
             )
 
+    notes += rng_notes(runs, models)
+
     docs.mkdir(exist_ok=True)
     plot(figs, docs / "benchmarks.png")
     main_env, peer_env = envs.get("main", {}), envs.get("peer", {})
@@ -333,10 +368,13 @@ def main() -> None:
         "",
         "- **eager**: `Model(config)` on CPU: every tensor allocated and initialized.",
         "- **dormant**: `with dormant.LazyInitContext(): Model(config)`, then",
-        "  `dormant.materialize(model)`: values bit-equal to eager.",
+        "  `dormant.materialize(model)`: values bit-equal to eager. Draws that later code",
+        "  overwrites are jumped over (mt19937 jump-ahead), never drawn; the generator is moved",
+        "  to where eager construction leaves it at context exit.",
         '- **dormant, `rng="fast"`**: the same with `LazyInitContext(rng="fast")`: each random',
-        "  op draws from its own derived state and overwritten draws are skipped; reproducible",
-        "  values, by design not eager's.",
+        "  op draws from its own state, derived from the generator's at entry and the op's",
+        "  position; no jumps, generators left as at entry; reproducible values, by design not",
+        "  eager's.",
         '- **meta + to_empty + init**: PyTorch\'s native recipe, `with torch.device("meta")`,',
         '  `model.to_empty(device="cpu")`, then the model\'s own init pass.',
         "- **accelerate**: `with accelerate.init_empty_weights(): Model(config)`; tensors stay on",
