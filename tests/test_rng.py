@@ -121,9 +121,26 @@ def test_counted_draws_equal_eager(name: str, n: int, dtype: torch.dtype) -> Non
         assert matches is True
 
 
+@pytest.mark.filterwarnings("ignore:to - 1 is out of bounds")
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.float64, torch.bfloat16, torch.int64], ids=repr
+)
+@pytest.mark.parametrize("high", [2**28 - 1, 2**28, 2**28 + 1, 2**28 + 20, 2**28 + 2**19, 2**30])
+@pytest.mark.parametrize("low", [0, -7])
+def test_wide_random_ranges_count_the_bounds_a_float_dtype_narrows(
+    low: int, high: int, dtype: torch.dtype
+) -> None:
+    # random_(0, 2**28) on float32 narrows `to` to 2**28 - 15 (2**28 - 1 is no float32): one
+    # draw per element, not the two a range of 2**28 takes.
+    def run(t: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return t.random_(low, high, generator=g)
+
+    assert _count_matches("random_", (17,), dtype, run) is True
+
+
 def test_every_rule_holds_on_this_torch() -> None:
     rules = [_draws.UNIFORM, _draws.NORMAL, _draws.RANDOM, _draws.RANDOM_RANGE, _draws.RANDPERM]
-    rules += [_draws.BERNOULLI, _draws.BERNOULLI_P, _draws.EXPONENTIAL]
+    rules += [_draws.BERNOULLI, _draws.BERNOULLI_P, _draws.EXPONENTIAL, _draws.RANDOM_WIDE_RANGE]
     for rule in rules:
         assert _draws.holds(rule, torch.float32), rule
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -56,7 +57,51 @@ def _random(n: int, dtype: torch.dtype, _: dict[str, Any]) -> int:
 
 def _random_range(n: int, dtype: torch.dtype, bound: dict[str, Any]) -> int:
     low, high = bound.get("from", bound.get("low", 0)), bound.get("to", bound.get("high"))
+    if dtype.is_floating_point:
+        low, high = _float_bounds(int(low), int(high), dtype)
     return n * (2 if high - low >= 2**28 else 1)
+
+
+# Significand bits of each floating dtype (c10's Half and BFloat16 are built from a float, so an
+# integer cast to them is rounded to float32 first).
+_DIGITS = {torch.float64: 53, torch.float32: 24, torch.float16: 11, torch.bfloat16: 8}
+
+
+def _round_to(x: int, digits: int) -> int:
+    """``x`` rounded to ``digits`` significant bits, to nearest, ties to even (a C++ cast)."""
+    a = abs(x)
+    shift = a.bit_length() - digits
+    if shift <= 0:
+        return x
+    q, r = divmod(a, 1 << shift)
+    half = 1 << (shift - 1)
+    if r > half or (r == half and q & 1):
+        q += 1
+    return (q << shift) if x > 0 else -(q << shift)
+
+
+def _cast(x: int, dtype: torch.dtype) -> int:
+    """``static_cast<int64_t>(static_cast<scalar_t>(x))`` for a floating ``scalar_t``."""
+    digits = _DIGITS[dtype]
+    if digits < 24:
+        x = _round_to(x, 24)
+    return _round_to(x, digits)
+
+
+def _float_bounds(low: int, high: int, dtype: torch.dtype) -> tuple[int, int]:
+    """[low, high) as ``random_(from, to)`` narrows it for a floating dtype (ATen's
+    ``update_from`` and ``update_to``: the bounds move inward until the dtype holds them), which
+    decides whether the range takes one draw per element or two."""
+    digits = _DIGITS.get(dtype)
+    if digits is None:
+        return low, high
+    low_plus_1 = _cast(low + 1, dtype)
+    if low_plus_1 < low:
+        low = low_plus_1 + (1 << (abs(low + 1).bit_length() - 1 - digits + 1))
+    high_minus_1 = _cast(high - 1, dtype)
+    if high_minus_1 >= high:
+        high = high_minus_1 - (1 << (abs(high - 1).bit_length() - 1 - digits + 1))
+    return low, high
 
 
 def _randperm(n: int, dtype: torch.dtype, bound: dict[str, Any]) -> int:
@@ -88,6 +133,11 @@ UNIFORM = _Rule(_uniform, lambda t, g: t.uniform_(generator=g), {})
 NORMAL = _Rule(_normal, lambda t, g: t.normal_(generator=g), {}, block_path=True)
 RANDOM = _Rule(_random, lambda t, g: t.random_(generator=g), {})
 RANDOM_RANGE = _Rule(_random_range, lambda t, g: t.random_(0, 100, generator=g), {"to": 100})
+# Checks the range rule where it matters: two draws per element from 2^28 on, and the bounds a
+# floating dtype narrows (float32 and bfloat16 narrow [0, 2^28) below 2^28: one draw).
+RANDOM_WIDE_RANGE = _Rule(
+    _random_range, lambda t, g: t.random_(0, 2**28, generator=g), {"to": 2**28}
+)
 RANDPERM = _Rule(_randperm, lambda t, g: torch.randperm(t.numel(), generator=g), {})
 BERNOULLI = _Rule(_two_per_element, lambda t, g: t.bernoulli_(0.5, generator=g), {})
 BERNOULLI_P = _Rule(
@@ -140,6 +190,8 @@ def count(op: Any, target: torch.Tensor, bound: dict[str, Any], device: torch.de
     if rule.draws is _random_range and bound.get("to", bound.get("high")) is None:
         return None  # random_(from, None): up to the dtype's limit, not checked
     dtype = target.dtype
+    if rule is RANDOM_RANGE and not _narrow_range(bound) and not holds(RANDOM_WIDE_RANGE, dtype):
+        return None
     if rule is BERNOULLI_P:  # draws follow the probabilities' dtype
         p = bound.get("p", bound.get("self"))
         dtype = p.dtype if isinstance(p, torch.Tensor) else dtype
@@ -170,6 +222,13 @@ def count_library_call(
     return None
 
 
+def _narrow_range(bound: dict[str, Any]) -> bool:
+    """Whether a range is below 2^28 (one draw per element, whatever the dtype narrows), so the
+    wide-range probe is not needed."""
+    low, high = bound.get("from", bound.get("low", 0)), bound.get("to", bound.get("high"))
+    return int(high) - int(low) < 2**28
+
+
 # --- checking the rules against the installed torch ------------------------------------------
 
 
@@ -178,7 +237,15 @@ def holds(rule: _Rule, dtype: torch.dtype) -> bool:
     """Whether ``rule`` gives the draws the installed torch takes, at a few sizes."""
     gen = torch.Generator()
     # Often first asked while model code records (under torch.device("meta") even): run real ops.
-    with _disable_current_modes(), torch._C.DisableTorchFunction(), torch.no_grad():
+    # The wide-range probe warns that float32 cannot hold every integer up to 2^28: the user's
+    # own op gives that warning, not the probe.
+    with (
+        _disable_current_modes(),
+        torch._C.DisableTorchFunction(),
+        torch.no_grad(),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore")
         for n in (16, 37, 1000):
             gen.manual_seed(n)
             target = torch.empty(n, dtype=dtype, device="cpu")
