@@ -55,10 +55,17 @@ def _random(n: int, dtype: torch.dtype, _: dict[str, Any]) -> int:
     return n * _word_size(dtype)  # random_() over the dtype's whole range
 
 
-def _random_range(n: int, dtype: torch.dtype, bound: dict[str, Any]) -> int:
+def _bounds(bound: dict[str, Any]) -> tuple[int, int]:
+    """``[low, high)`` of randint / random_(from, to) (``count`` returns early without ``to``)."""
     low, high = bound.get("from", bound.get("low", 0)), bound.get("to", bound.get("high"))
+    assert high is not None
+    return int(low or 0), int(high)
+
+
+def _random_range(n: int, dtype: torch.dtype, bound: dict[str, Any]) -> int:
+    low, high = _bounds(bound)
     if dtype.is_floating_point:
-        low, high = _float_bounds(int(low), int(high), dtype)
+        low, high = _float_bounds(low, high, dtype)
     return n * (2 if high - low >= 2**28 else 1)
 
 
@@ -225,8 +232,8 @@ def count_library_call(
 def _narrow_range(bound: dict[str, Any]) -> bool:
     """Whether a range is below 2^28 (one draw per element, whatever the dtype narrows), so the
     wide-range probe is not needed."""
-    low, high = bound.get("from", bound.get("low", 0)), bound.get("to", bound.get("high"))
-    return int(high) - int(low) < 2**28
+    low, high = _bounds(bound)
+    return high - low < 2**28
 
 
 # --- checking the rules against the installed torch ------------------------------------------
