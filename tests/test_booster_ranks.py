@@ -254,6 +254,9 @@ def scenario_errors() -> dict[str, Any]:
     with LazyInitContext():
         skewed = llama()
     out["different_seeds"] = message(lambda: Booster(plugin=TorchFSDPPlugin()).boost(skewed))
+    torch.manual_seed(SEED + dist.get_rank())
+    skewed_real = llama()  # built eagerly, from rank-dependent seeds
+    out["different_real"] = message(lambda: Booster(plugin=TorchFSDPPlugin()).boost(skewed_real))
     return out
 
 
@@ -265,6 +268,7 @@ def test_bad_input_gets_clear_errors(tmp_path: Path) -> None:
     assert "tp_plan=" in errors["no_plan"]
     assert "torch.autocast" in errors["ddp_mp"]
     assert "seed every rank the same" in errors["different_seeds"]
+    assert "from different RNG states" in errors["different_real"]
 
 
 def scenario_checkpoint() -> dict[str, Any]:

@@ -74,25 +74,42 @@ def require_process_group(plugin: object) -> None:
 
 
 def check_same_program(model: nn.Module) -> None:
-    """Fail loudly if ranks would compute different values for the same lazy model."""
+    """Fail loudly if ranks would shard different models.
+
+    Lazy tensors: every rank must have recorded the same ops (names, checkpoint keys read) with
+    the same random positions. Real tensors: the bytes of a strided sample of each tensor, which
+    catches ranks built from different seeds or loaded from different files.
+    """
     digest = hashlib.sha256()
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
         digest.update(f"{name}{tuple(t.shape)}{t.dtype}{isinstance(t, LazyTensor)}".encode())
         if isinstance(t, LazyTensor):
-            # Where each random op draws: ranks seeded differently disagree here.
             for node in t._lazy_storage.writers:
+                digest.update(node.label.encode())  # "read <key>" for checkpoint reads
                 if node.rng is not None and node.rng.start is not None:
+                    # Where each random op draws: ranks seeded differently disagree here.
                     digest.update(node.rng.start.anchor.numpy().tobytes())
                     digest.update(str(node.rng.start.draws).encode())
+        elif t.device.type != "meta" and t.numel():
+            digest.update(_checksum(t))
     mine = digest.hexdigest()
     every: list[str] = [""] * dist.get_world_size()
     dist.all_gather_object(every, mine)
     if len(set(every)) != 1:
         raise DormantError(
-            "ranks built the model differently or from different RNG states, so their shards "
-            "would not form one model: seed every rank the same before building "
-            "(dormant.launch(seed=...) or torch.manual_seed)"
+            "ranks built the model differently, from different RNG states or from different "
+            "checkpoints, so their shards would not form one model: seed every rank the same "
+            "before building (dormant.launch(seed=...) or torch.manual_seed) and load the same "
+            "files on every rank"
         )
+
+
+def _checksum(t: torch.Tensor) -> bytes:
+    # A strided sample of at most 4096 elements: values built from different seeds or files
+    # differ nearly everywhere, and reading all of a large model would cost a second or more.
+    flat = t.detach().reshape(-1)
+    sample = flat[:: max(1, flat.numel() // 4096)].contiguous().cpu()
+    return sample.view(torch.uint8).numpy().tobytes() if sample.numel() else b""
 
 
 class Plugin:
