@@ -7,6 +7,8 @@ same RNG state, so keys the checkpoint lacks are initialised the library's way i
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,3 +98,32 @@ def test_diffusers_from_pretrained_is_lazy_and_equals_the_library(tmp_path: Path
     assert all(is_lazy(t) for t in lazy.state_dict().values())
     materialize(lazy)
     assert_same(eager, lazy)
+
+
+TRUNCATE_AFTER_FROM_PRETRAINED = """
+import os, sys, torch, transformers
+from dormant import LazyInitContext, materialize
+path = sys.argv[1]
+with LazyInitContext():
+    model = transformers.AutoModelForCausalLM.from_pretrained(path)
+file = os.path.join(path, "model.safetensors")
+os.truncate(file, os.path.getsize(file) // 2)
+try:
+    materialize(model)
+except Exception as e:
+    print(type(e).__name__, e)
+"""
+
+
+def test_a_checkpoint_truncated_after_from_pretrained_is_an_error_not_a_crash(
+    tmp_path: Path,
+) -> None:
+    save_checkpoint("safetensors", tmp_path)
+    # A child process: touching a page of a memory map past the end of the file is a SIGBUS.
+    run = subprocess.run(
+        [sys.executable, "-c", TRUNCATE_AFTER_FROM_PRETRAINED, str(tmp_path)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert run.returncode == 0, f"returncode {run.returncode}: {run.stderr[-2000:]}"
+    assert "MaterializationError checkpoint file" in run.stdout, run.stdout
+    assert "model.safetensors changed after the model was built from it (size" in run.stdout

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch.utils._pytree import TreeSpec, tree_flatten
 
+from ._mapped import MappedFile
 from .errors import MaterializationError
 
 _sequence = itertools.count()
@@ -205,10 +206,11 @@ class Constant:
     tensor copied into a lazy one). Eager reads it at the copy; dormant reads it at
     materialization, so an in-place change in between is an error, not a silent new value."""
 
-    __slots__ = ("value", "version", "where")
+    __slots__ = ("file", "value", "version", "where")
 
-    def __init__(self, value: torch.Tensor, where: str) -> None:
+    def __init__(self, value: torch.Tensor, where: str, file: MappedFile | None = None) -> None:
         self.value = value
+        self.file = file  # the checkpoint file the bytes are mapped from, if any
         try:
             self.version: int | None = value._version
         except RuntimeError:  # inference tensors keep no version counter (and cannot change)
@@ -216,6 +218,15 @@ class Constant:
         self.where = where  # the model code's file:line, for the error
 
     def __call__(self) -> torch.Tensor:
+        change = self.file.changed() if self.file is not None else None
+        if change is not None:
+            assert self.file is not None
+            raise MaterializationError(
+                f"checkpoint file {self.file.path} changed after the model was built from it "
+                f"({change}), so its {tuple(self.value.shape)} tensor was not read: build the "
+                "model again (from_pretrained inside LazyInitContext), or keep checkpoint files "
+                "unchanged until the model is materialized"
+            )
         if self.version is not None and self.value._version != self.version:
             raise MaterializationError(
                 f"a real {tuple(self.value.shape)} {self.value.dtype} tensor copied into the lazy "

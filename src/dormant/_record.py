@@ -36,6 +36,7 @@ from ._graph import (
     view_of,
 )
 from ._lazy_tensor import LazyTensor, describe
+from ._mapped import mapped_file
 from ._replay import compute, real_execution, run_for_draws
 from ._session import RngMode, normalize_device, recording_active, session
 from .errors import LazyTensorError, UnsupportedOpError
@@ -514,13 +515,15 @@ def as_lazy(value: Any) -> LazyTensor:
 def _held(x: Any) -> Any:
     """A real tensor argument, held so that replay reads it as it was (see ``Constant``)."""
     if isinstance(x, torch.Tensor) and x.device.type != "meta":
-        return Constant(x, user_frame())
+        # Checkpoint tensors are often bytes mapped from the file (safetensors): note which.
+        file = mapped_file(x.untyped_storage().data_ptr()) if x.device.type == "cpu" else None
+        return Constant(x, user_frame(), file)
     return x
 
 
 def _constant(value: torch.Tensor) -> LazyTensor:
     meta = meta_like(value)
-    return LazyTensor(meta, source(Constant(value, user_frame()), meta, value.device, "constant"))
+    return LazyTensor(meta, source(_held(value), meta, value.device, "constant"))
 
 
 # --- ops that need values ----------------------------------------------------------------------
