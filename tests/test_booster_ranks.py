@@ -255,6 +255,10 @@ def scenario_errors() -> dict[str, Any]:
         skewed = llama()
     out["different_seeds"] = message(lambda: Booster(plugin=TorchFSDPPlugin()).boost(skewed))
     torch.manual_seed(SEED + dist.get_rank())
+    with LazyInitContext(rng="fast"):
+        skewed_fast = llama()
+    out["different_fast"] = message(lambda: Booster(plugin=TorchFSDPPlugin()).boost(skewed_fast))
+    torch.manual_seed(SEED + dist.get_rank())
     skewed_real = llama()  # built eagerly, from rank-dependent seeds
     out["different_real"] = message(lambda: Booster(plugin=TorchFSDPPlugin()).boost(skewed_real))
     return out
@@ -269,6 +273,7 @@ def test_bad_input_gets_clear_errors(tmp_path: Path) -> None:
     assert "torch.autocast" in errors["ddp_mp"]
     assert "seed every rank the same" in errors["different_seeds"]
     assert "from different RNG states" in errors["different_real"]
+    assert "seed every rank the same" in errors["different_fast"]
 
 
 def scenario_checkpoint() -> dict[str, Any]:
