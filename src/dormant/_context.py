@@ -53,19 +53,17 @@ def _library_settings() -> Iterator[None]:
 
 
 def _context_device(device: str | int | torch.device | None) -> torch.device:
-    if device is not None and not isinstance(device, int) and torch.device(device).type == "meta":
+    try:
+        resolved = normalize_device(device)
+    except RuntimeError as e:  # CUDA asked for, not available
+        raise RuntimeError(f"LazyInitContext(default_device={device!r}): {e}") from None
+    if resolved.type == "meta":
         raise ValueError(
             "LazyInitContext(default_device='meta') would build tensors that hold no values, "
             "which materialize cannot fill: leave default_device unset (cpu) or name the device "
             "the values should be computed on (they stay lazy until materialize either way)"
         )
-    cuda = isinstance(device, int) or (device is not None and torch.device(device).type == "cuda")
-    if cuda and not torch.cuda.is_available():
-        raise RuntimeError(
-            f"LazyInitContext(default_device={str(device)!r}) but CUDA is not available; "
-            "use default_device='cpu'"
-        )
-    return normalize_device(device)
+    return resolved
 
 
 class LazyInitContext:

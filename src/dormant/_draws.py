@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import _disable_current_modes
 
 from . import _mt19937
+from ._session import real_execution
 
 aten = torch.ops.aten
 
@@ -246,12 +246,7 @@ def holds(rule: _Rule, dtype: torch.dtype) -> bool:
     # Often first asked while model code records (under torch.device("meta") even): run real ops.
     # The wide-range probe warns that float32 cannot hold every integer up to 2^28: the user's
     # own op gives that warning, not the probe.
-    with (
-        _disable_current_modes(),
-        torch._C.DisableTorchFunction(),
-        torch.no_grad(),
-        warnings.catch_warnings(),
-    ):
+    with real_execution(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for n in (16, 37, 1000):
             gen.manual_seed(n)

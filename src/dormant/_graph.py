@@ -218,9 +218,7 @@ class Constant:
         self.where = where  # the model code's file:line, for the error
 
     def __call__(self) -> torch.Tensor:
-        change = self.file.changed() if self.file is not None else None
-        if change is not None:
-            assert self.file is not None
+        if self.file is not None and (change := self.file.changed()) is not None:
             raise MaterializationError(
                 f"checkpoint file {self.file.path} changed after the model was built from it "
                 f"({change}), so its {tuple(self.value.shape)} tensor was not read: build the "

@@ -19,7 +19,8 @@ from torch import nn
 
 from ._graph import view_of
 from ._lazy_tensor import INTERNAL_ATTRS, LazyTensor
-from ._replay import compute_each, real_execution
+from ._replay import compute_each
+from ._session import real_execution
 from .errors import MaterializationError
 
 

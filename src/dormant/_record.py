@@ -37,8 +37,8 @@ from ._graph import (
 )
 from ._lazy_tensor import LazyTensor, describe
 from ._mapped import mapped_file
-from ._replay import compute, real_execution, run_for_draws
-from ._session import RngMode, normalize_device, recording_active, session
+from ._replay import compute, run_for_draws
+from ._session import RngMode, normalize_device, real_execution, recording_active, session
 from .errors import LazyTensorError, UnsupportedOpError
 
 aten = torch.ops.aten

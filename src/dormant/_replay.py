@@ -20,24 +20,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from . import _mt19937, _rng
 from ._graph import Constant, LazyStorage, Node, TensorRef, view_of
 from ._plan import COPY, Plan, plan
+from ._session import real_execution
 from .errors import DormantError, MaterializationError
 
 
 def _allocate(storage: LazyStorage) -> torch.UntypedStorage:
     return torch.empty(storage.nbytes, dtype=torch.uint8, device=storage.device).untyped_storage()
-
-
-@contextlib.contextmanager
-def real_execution() -> Iterator[None]:
-    """Run real ops: no recording modes, no torch-function overrides, no autograd."""
-    with _disable_current_modes(), torch._C.DisableTorchFunction(), torch.no_grad():
-        yield
 
 
 class _Scratch:

@@ -9,7 +9,7 @@ an op that had to run to be counted), plus the number of 32-bit draws eager made
 about 20 ms, whatever the distance. Hence:
 
 - when a :class:`~dormant.LazyInitContext` exits, every generator the model code drew from is
-  set where eager construction leaves it (:func:`finish_session`), so two contexts in a row
+  set where eager construction leaves it (:func:`end_session`), so two contexts in a row
   continue one stream and a seeded training run is the same as after an eager build;
 - replay places a private generator at each needed op's position: draws that later code
   overwrote are skipped, and the user's generators are never touched by materialization;

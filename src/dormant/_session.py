@@ -7,11 +7,14 @@ imports nothing from dormant.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from torch.utils._python_dispatch import _disable_current_modes
 
 
 class RngMode(enum.Enum):
@@ -46,6 +49,13 @@ def recording_active() -> bool:
     return session.owner == threading.get_ident()
 
 
+@contextlib.contextmanager
+def real_execution() -> Iterator[None]:
+    """Run real ops: no recording modes, no torch-function overrides, no autograd."""
+    with _disable_current_modes(), torch._C.DisableTorchFunction(), torch.no_grad():
+        yield
+
+
 def normalize_device(device: str | int | torch.device | None) -> torch.device:
     """A ``torch.device`` with its index filled in (``"cuda"`` -> ``cuda:<current>``)."""
     if device is None:
@@ -53,8 +63,9 @@ def normalize_device(device: str | int | torch.device | None) -> torch.device:
     if isinstance(device, int):
         device = torch.device("cuda", device)
     device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
+    if device.type == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError(f"device {str(device)!r} but CUDA is not available; use 'cpu'")
-        device = torch.device("cuda", torch.cuda.current_device())
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
     return device
