@@ -40,7 +40,7 @@ CHARPOLY = (
     19937,
 )  # fmt: skip
 # Below this many draws, drawing is faster than jumping.
-DRAW_BELOW = 1 << 18
+DRAW_BELOW = 1 << 21
 
 
 class _Layout:

@@ -10,9 +10,12 @@ real values.
 from __future__ import annotations
 
 import enum
+import math
+import sys
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,6 +24,7 @@ from ._graph import view_of
 from ._lazy_tensor import INTERNAL_ATTRS, LazyTensor
 from ._replay import compute_each
 from ._session import real_execution
+from ._slices import Unsliceable, Window
 from .errors import MaterializationError
 
 
@@ -132,10 +136,26 @@ def _swap(t: torch.Tensor, new: torch.Tensor) -> None:
 # A parallel engine (FSDP2, DTensor tensor parallelism) shards a module whose parameters are on
 # the meta device without allocating them, then ``to_empty`` allocates only the local shards. So
 # dormant hands the engine a meta copy of the module's geometry (``to_meta``), lets it shard and
-# allocate, and writes each local shard from the exact full value (``fill_local``). Full values
-# stream out of one replay pass one at a time, so a rank holds its shards plus about one full
-# tensor. Every rank replays the same program from the same RNG state, so shards agree across
-# ranks without communication.
+# allocate, and writes each local shard (``fill_local``). A shard is a box of the full tensor; its
+# rows are contiguous ranges of elements, which replay computes alone ([Note: windows] in
+# ``_slices.py``): a rank draws and computes only its own part, straight into the shard's memory
+# (shards split along a later dimension, as tensor parallelism's row-wise layout does, go through
+# bounded chunks of whole rows). A storage whose recorded ops have no window rule (orthogonal_'s
+# QR, a data-dependent init) is computed whole, once, and named in the report. Every rank replays
+# the same program from the same RNG positions, so shards agree across ranks without
+# communication.
+
+# Rows of a column-split shard computed at once: bounds the transient memory per rank.
+CHUNK_BYTES = 16 * 2**20
+
+
+@dataclass(frozen=True)
+class WholeTensor:
+    """A tensor that sharded placement computed whole on every rank, and why."""
+
+    name: str
+    nbytes: int
+    reason: str
 
 
 def to_meta(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -185,29 +205,119 @@ def to_empty(module: nn.Module, device: torch.device | str) -> None:
 
 def fill_local(
     module: nn.Module, sources: dict[str, torch.Tensor], *, progress: bool | None = None
-) -> None:
-    """Write each allocated parameter and buffer (or its local shard) from ``sources``."""
+) -> list[WholeTensor]:
+    """Write each allocated parameter and buffer (or its local shard) from ``sources``.
+
+    Returns the lazy tensors that could not be computed shard by shard (see
+    [Note: sharded materialization]).
+    """
     targets: dict[str, torch.Tensor] = dict(module.named_parameters(remove_duplicate=False))
     targets.update(module.named_buffers(remove_duplicate=False))
-    by_storage: dict[int, list[tuple[str, LazyTensor]]] = {}
-    lazy_storages = []
+    lazy: list[tuple[str, LazyTensor, torch.Tensor]] = []
     for name, source in sources.items():
         if isinstance(source, LazyTensor):
-            key = id(source._lazy_storage)
-            if key not in by_storage:
-                by_storage[key] = []
-                lazy_storages.append(source._lazy_storage)
-            by_storage[key].append((name, source))
+            lazy.append((name, source, targets[name]))
         else:
             _write_local(targets[name], source)
+    # In recorded order, so the replay generator mostly moves forward.
+    lazy.sort(key=lambda item: _last_write(item[1]))
+    window = Window()
+    whole: dict[int, list[tuple[str, LazyTensor, torch.Tensor]]] = {}
+    report: list[WholeTensor] = []
+    done: set[int] = set()
+    for name, source, target in _progress(lazy, progress):
+        if id(target) in done:  # a tied weight: one tensor
+            continue
+        done.add(id(target))
+        try:
+            with torch.no_grad():
+                _fill_shard(window, source, target)
+        except Unsliceable as e:
+            storage = source._lazy_storage
+            if id(storage) not in whole:
+                report.append(WholeTensor(name, storage.nbytes, str(e)))
+            whole.setdefault(id(storage), []).append((name, source, target))
 
     def on_ready(storage: object, value: torch.UntypedStorage) -> None:
-        for name, lazy in by_storage[id(storage)]:
+        for _, source, target in whole[id(storage)]:
             with real_execution():
-                full = view_of(value, lazy._meta)
-            _write_local(targets[name], full)
+                full = view_of(value, source._meta)
+            _write_local(target, full)
 
-    compute_each(lazy_storages, on_ready, progress=progress)
+    storages = [items[0][1]._lazy_storage for items in whole.values()]
+    compute_each(storages, on_ready, progress=progress)
+    return report
+
+
+def _last_write(t: LazyTensor) -> int:
+    writers = t._lazy_storage.writers
+    return writers[-1].seq if writers else -1
+
+
+def _progress(items: list[Any], progress: bool | None) -> Any:
+    from tqdm.auto import tqdm
+
+    show = progress if progress is not None else (sys.stderr.isatty() and len(items) > 200)
+    return tqdm(items, desc="filling shards", unit="tensor", disable=not show, leave=False)
+
+
+def _fill_shard(window: Window, source: LazyTensor, target: torch.Tensor) -> None:
+    """Compute ``target``'s local part of ``source`` alone (see [Note: sharded materialization])."""
+    from torch.distributed.tensor import DTensor
+
+    local = target.to_local() if isinstance(target, DTensor) else target
+    box = _local_box(target, local)
+    meta = source._meta
+    if box is None or not meta.is_contiguous():
+        raise Unsliceable("its shard is not a box of a contiguous tensor")
+    if local.numel() == 0:
+        return
+    storage, offset = source._lazy_storage, int(meta.storage_offset())
+    shape = tuple(int(n) for n in meta.shape)
+    if not shape:
+        local.copy_(window.values(storage, meta.dtype, offset, offset + 1).reshape(()))
+        return
+    row = math.prod(shape[1:])
+    first, rows = box[0]
+    whole_rows = all(b == (0, n) for b, n in zip(box[1:], shape[1:]))
+    if whole_rows:  # one contiguous range: computed straight into the shard if it can be
+        lo, hi = offset + first * row, offset + (first + rows) * row
+        direct = local.is_contiguous() and local.dtype == meta.dtype
+        values = window.values(storage, meta.dtype, lo, hi, local.view(-1) if direct else None)
+        if not direct:
+            local.copy_(values.view(local.shape))
+        return
+    step = max(1, CHUNK_BYTES // (row * meta.element_size()))
+    columns = tuple(slice(o, o + n) for o, n in box[1:])
+    for r in range(first, first + rows, step):
+        end = min(r + step, first + rows)
+        values = window.values(storage, meta.dtype, offset + r * row, offset + end * row)
+        local[r - first : end - first].copy_(
+            values.view(end - r, *shape[1:])[(slice(None), *columns)]
+        )
+
+
+def _local_box(target: torch.Tensor, local: torch.Tensor) -> list[tuple[int, int]] | None:
+    """(offset, length) per dimension of the full tensor that ``local`` holds; None if the
+    local part is not such a box (a partial sum)."""
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+    from torch.distributed.tensor.placement_types import _StridedShard
+
+    if not isinstance(target, DTensor):
+        return [(0, n) for n in target.shape]
+    # (FSDP2 over tensor parallelism places ``_StridedShard``s; torch computes their box too)
+    kinds = [
+        p.is_shard() or p.is_replicate() or isinstance(p, _StridedShard) for p in target.placements
+    ]
+    if not all(kinds):
+        return None
+    shape, offset = compute_local_shape_and_global_offset(
+        target.shape, target.device_mesh, target.placements
+    )
+    if tuple(shape) != tuple(local.shape):
+        return None
+    return list(zip(offset, shape, strict=True))
 
 
 def _write_local(target: torch.Tensor, full: torch.Tensor) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +27,7 @@ from ..._placement import fill_local, to_empty, to_meta
 from ...errors import DormantError
 
 _BOOSTED = "_dormant_boosted"
+_log = logging.getLogger("dormant")
 
 # ``mixed_precision`` names and the parameter dtype each means.
 MIXED_PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -48,8 +50,14 @@ def sharded_in_place(model: nn.Module, device: str) -> Iterator[None]:
     sources = to_meta(model)
     yield
     to_empty(model, device)
-    fill_local(model, sources)
+    whole = fill_local(model, sources)
     del sources
+    if whole:  # (logging.getLogger("dormant").setLevel("INFO") shows them)
+        _log.info(
+            "dormant: %d tensors computed whole on every rank, then sliced (no window rule): %s",
+            len(whole),
+            "; ".join(f"{w.name} ({w.nbytes / 2**20:.1f} MiB): {w.reason}" for w in whole),
+        )
     materialize(model)  # tensors held as plain attributes, if any are lazy
 
 
