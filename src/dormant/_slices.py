@@ -131,8 +131,17 @@ class Window:
         node = s.writers[version - 1]
         write = write_of(node, s, version)
         view = write.ref.meta if write.ref is not None else None
-        if view is None or view.dtype != dtype or not view.is_contiguous():
-            raise Unsliceable(f"{node.label} writes a strided or differently typed view")
+        if view is None or not view.is_contiguous():
+            raise Unsliceable(f"{node.label} writes a strided view")
+        if view.dtype != dtype:
+            # Checkpoint bytes (a source over a whole storage) read as the tensor's dtype.
+            size, unit = dtype.itemsize, view.dtype.itemsize
+            if not _is_source(node) or write.keeps_base or (lo * size) % unit or (hi * size) % unit:
+                raise Unsliceable(f"{node.label} writes the storage as {view.dtype}, not {dtype}")
+            self._at_version(
+                s, version, view.dtype, lo * size // unit, hi * size // unit, out.view(view.dtype)
+            )
+            return out
         offset, n = int(view.storage_offset()), view.numel()
         a, b = max(lo, offset) - offset, min(hi, offset + n) - offset  # the window in the view
         if write.keeps_base:
@@ -148,7 +157,7 @@ class Window:
         """Write elements ``[a, b)`` of ``node``'s output (an ``n``-element view) into ``out``."""
         self.ops += 1
         op = node.op
-        if isinstance(op, Constant) or (not node.flat_args and callable(op)):
+        if _is_source(node):
             self._read_source(node, out, a, b)
         elif node.rng is not None:
             self._random(node, written, out, a, b, n)
@@ -311,6 +320,11 @@ def random_window(
         draw(tail, n // 16 * 16 if rule.tail_after_blocks else n)
         lo = max(a, main)
         out[lo - a :].copy_(tail[lo - main : b - main])
+
+
+def _is_source(node: Node) -> bool:
+    """A node without inputs: a constant, or a read from a checkpoint file (``_graph.source``)."""
+    return isinstance(node.op, Constant) or (not node.flat_args and callable(node.op))
 
 
 def _takes_generator(op: Any) -> bool:

@@ -59,6 +59,11 @@ class _Entry:
     shape: tuple[int, ...]
     dtype: torch.dtype
     read: Callable[[], torch.Tensor]
+    # Elements [a, b) of the flattened tensor, reading only those (a rank's shard).
+    window: Callable[[int, int], torch.Tensor]
+
+    def __call__(self) -> torch.Tensor:
+        return self.read()
 
 
 class CheckpointError(DormantError):
@@ -178,7 +183,8 @@ def _describe(
 def _file_tensor(entry: _Entry) -> LazyTensor:
     """A lazy tensor whose value is read from the checkpoint at materialization."""
     meta = meta_like(torch.empty(entry.shape, dtype=entry.dtype, device="meta"))
-    return LazyTensor(meta, source(entry.read, meta, torch.device("cpu"), f"read {entry.key}"))
+    # (the entry is the op: replay reads it whole, sharded placement reads its ``window``)
+    return LazyTensor(meta, source(entry, meta, torch.device("cpu"), f"read {entry.key}"))
 
 
 # --- files changing under a lazy model -----------------------------------------------------------
@@ -237,11 +243,16 @@ def _checked(
     dtype: torch.dtype,
     stamps: Sequence[_Stamp],
     read: Callable[[], torch.Tensor],
+    mapped: Callable[[], torch.Tensor] | None = None,
 ) -> _Entry:
     """An entry whose read refuses a changed file, and checks what it read against ``shape``
-    and ``dtype`` (a file rewritten in place with its times restored passes the stamps)."""
+    and ``dtype`` (a file rewritten in place with its times restored passes the stamps).
 
-    def read_checked() -> torch.Tensor:
+    ``mapped`` gives the tensor over the file's mapped pages, if the format has it: a window
+    then copies only its own pages.
+    """
+
+    def read_checked(read: Callable[[], torch.Tensor] = read) -> torch.Tensor:
         for stamp in stamps:
             stamp.check(key)
         value = read()
@@ -256,7 +267,11 @@ def _checked(
             )
         return value
 
-    return _Entry(key, shape, dtype, read_checked)
+    def window(a: int, b: int) -> torch.Tensor:
+        # (over the mapped pages: the caller copies the elements into its shard at once)
+        return read_checked(mapped or read).reshape(-1)[a:b]
+
+    return _Entry(key, shape, dtype, read_checked, window)
 
 
 # --- checkpoint formats --------------------------------------------------------------------------
@@ -384,23 +399,28 @@ def _open_safetensors(path: Path) -> dict[str, _Entry]:
             for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
                 view = f.get_slice(key)
                 shape, dtype = tuple(view.get_shape()), _SAFETENSORS_DTYPES[view.get_dtype()]
-                read = _safetensors_reader(path, key)
-                entries[key] = _checked(key, shape, dtype, stamps, read)
+                read, mapped = _safetensors_reader(path, key)
+                entries[key] = _checked(key, shape, dtype, stamps, read, mapped)
     except SafetensorError as e:
         raise _unreadable(path, f"safetensors says {e}") from e
     return entries
 
 
-def _safetensors_reader(path: Path, key: str) -> Callable[[], torch.Tensor]:
-    def read() -> torch.Tensor:
+def _safetensors_reader(
+    path: Path, key: str
+) -> tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor]]:
+    def mapped() -> torch.Tensor:
         from safetensors import safe_open
 
-        # get_tensor maps the file copy-on-write; copy into anonymous memory so the model never
-        # depends on the file (overwriting the checkpoint later must not change the weights).
         with safe_open(str(path), framework="pt") as f:
-            return f.get_tensor(key).clone()
+            return f.get_tensor(key)  # over the file's pages, mapped copy-on-write
 
-    return read
+    def read() -> torch.Tensor:
+        # A copy in anonymous memory, so the model never depends on the file (overwriting the
+        # checkpoint later must not change the weights).
+        return mapped().clone()
+
+    return read, mapped
 
 
 def _open_torch(path: Path) -> dict[str, _Entry]:
@@ -413,10 +433,14 @@ def _open_torch(path: Path) -> dict[str, _Entry]:
         raise _unreadable(path, f"it holds a {type(state).__name__}, not a state dict")
     # The tensors stay mapped until read: the stamps are checked before any page is touched.
     return {
-        k: _checked(k, tuple(t.shape), t.dtype, stamps, t.clone)
+        k: _checked(k, tuple(t.shape), t.dtype, stamps, t.clone, _constant(t))
         for k, t in state.items()
         if isinstance(t, torch.Tensor)
     }
+
+
+def _constant(t: torch.Tensor) -> Callable[[], torch.Tensor]:
+    return lambda: t
 
 
 def _open_dcp(path: Path) -> dict[str, _Entry]:
