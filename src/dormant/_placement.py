@@ -282,7 +282,9 @@ def _fill_shard(window: Window, source: LazyTensor, target: torch.Tensor) -> Non
     whole_rows = all(b == (0, n) for b, n in zip(box[1:], shape[1:]))
     if whole_rows:  # one contiguous range: computed straight into the shard if it can be
         lo, hi = offset + first * row, offset + (first + rows) * row
-        direct = local.is_contiguous() and local.dtype == meta.dtype
+        direct = (
+            local.is_contiguous() and local.dtype == meta.dtype and local.device == storage.device
+        )
         values = window.values(storage, meta.dtype, lo, hi, local.view(-1) if direct else None)
         if not direct:
             local.copy_(values.view(local.shape))
