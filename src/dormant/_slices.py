@@ -96,7 +96,6 @@ class Window:
     def __init__(self) -> None:
         self.generator = torch.Generator()
         self.at: _rng.Position | None = None  # where ``generator`` stands, when known
-        self.ops = 0
 
     def values(
         self,
@@ -155,7 +154,6 @@ class Window:
         self, node: Node, written: TensorRef | None, out: torch.Tensor, a: int, b: int, n: int
     ) -> None:
         """Write elements ``[a, b)`` of ``node``'s output (an ``n``-element view) into ``out``."""
-        self.ops += 1
         op = node.op
         if _is_source(node):
             self._read_source(node, out, a, b)
