@@ -35,7 +35,7 @@ SYSTEM_LABEL = {
 }
 # Tables that other scripts of run.sh write into the output folder: (title, file, command).
 EXTRA_TABLES = [
-    ("Sharded: per-rank peak of an FSDP2 boost", "sharded.md",
+    ("Sharded: per-rank peak and time of a boost", "sharded.md",
      "python benchmarks/sharded_boost.py --out bench-out/sharded.md"),
     ("from_pretrained: lazy load against the library's own", "from_pretrained.md",
      "python benchmarks/from_pretrained.py --out bench-out/from_pretrained.md"),

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run every benchmark and write docs/benchmarks.md and docs/benchmarks.png.
-#   bash benchmarks/run.sh                                # the full run (~15-25 min, 2 cores)
+#   bash benchmarks/run.sh                                # the full run (~60-80 min, 2 cores)
 #   bash benchmarks/run.sh --models llama-125m --repeats 1   # a quick check of the pipeline
 # Needs the main venv of README.md's set-up command (.venv, or MAIN_PYTHON=...); makes the peer
 # venv (.venv-peer: colossalai 0.5.0) on first use and adds matplotlib to both venvs.

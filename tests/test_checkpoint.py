@@ -353,7 +353,8 @@ def test_lazy_load_peaks_near_the_model_size(tmp_path: Path) -> None:
     state = {f"{i}.weight": torch.randn(2048, 2048) for i in range(16)}
     save_file(state, tmp_path / "m.safetensors")
     del state
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    # glibc's allocator as users have it (no MALLOC_* tuning): this peak holds without one.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
 
     def peak(mode: str) -> int:
         out = subprocess.run(

@@ -147,7 +147,7 @@ CYCLE_PROBE = textwrap.dedent(
 
 
 def test_no_growth_across_build_materialize_cycles() -> None:
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}  # see _peak
+    env = _allocator("default")  # 4 MiB of growth measured here, 0.1 MiB with "tuned"
     out = subprocess.run(
         [sys.executable, "-c", CYCLE_PROBE], capture_output=True, text=True, check=True, env=env
     ).stdout
@@ -187,25 +187,45 @@ PEAK_PROBE = textwrap.dedent(
 )
 
 
-def _peak(mode: str) -> int:
-    # A fixed mmap threshold keeps glibc from serving large blocks from its heap after the first
-    # large free (its dynamic threshold), which makes peak RSS depend on allocation order rather
-    # than on the bytes live at once: the quantity under test.
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+def _allocator(which: str) -> dict[str, str]:
+    """The environment for a probe: glibc's allocator as users have it, or with a fixed mmap
+    threshold (``tuned``), whatever MALLOC_* variables the test run itself has."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    if which == "tuned":
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    return env
+
+
+def _peak(mode: str, allocator: str) -> int:
     out = subprocess.run(
         [sys.executable, "-c", PEAK_PROBE, mode],
         capture_output=True,
         text=True,
         check=True,
-        env=env,
+        env=_allocator(allocator),
     ).stdout
     return int(out.strip().splitlines()[-1])
 
 
 def test_materialize_peaks_near_the_model_size() -> None:
-    """Peak of build + materialize is eager's peak plus at most one tensor (RNG scratch)."""
-    eager, lazy = _peak("eager"), _peak("lazy")
+    """Peak of build + materialize: eager's plus at most one tensor (RNG scratch) with a fixed
+    mmap threshold; under glibc's defaults, no second copy of the model."""
+    model = 16 * 2048 * 2048 * 4
+    # The tight claim needs a deterministic heap. Under glibc's defaults the mmap threshold is
+    # dynamic: after the first free of a large block it rises to that block's size, so later
+    # 16-32 MiB blocks come from the heap, and freed ones stay there up to the trim threshold
+    # (twice the mmap threshold). Peak RSS then depends on allocation order rather than on the
+    # bytes live at once: measured 291-387 MiB for lazy and 306-354 MiB for eager over 13 runs
+    # each (model 256 MiB). With a fixed threshold both are steady (291 and 306 MiB).
+    eager, lazy = _peak("eager", "tuned"), _peak("lazy", "tuned")
     largest = 2048 * 2048 * 4
     assert lazy < eager + largest + 32 * 2**20, (
         f"lazy peak {lazy / 2**20:.0f} MiB, eager peak {eager / 2**20:.0f} MiB"
+    )
+    # Under the allocator users have, the honest bound: no second copy of the model is held
+    # (freed transients kept by the heap are at most about half a model here).
+    default = _peak("lazy", "default")
+    assert default < 1.75 * model, (
+        f"lazy peak {default / 2**20:.0f} MiB under the default allocator, model "
+        f"{model / 2**20:.0f} MiB"
     )
