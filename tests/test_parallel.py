@@ -43,7 +43,7 @@ class MixedRandom(nn.Module):
             b.register_buffer("mask", F.dropout(torch.ones(64), 0.5))  # draws from the default
             b.trunc = nn.Parameter(torch.empty(16, 16))
             nn.init.trunc_normal_(b.trunc, std=1.0, a=-0.5, b=0.5)  # redraws depend on values
-            b.orth = nn.Parameter(torch.empty(12, 8))
+            b.orth = nn.Parameter(torch.empty(99, 32))  # QR splits work by the thread count
             nn.init.orthogonal_(b.orth)
             b.dead = nn.Parameter(torch.empty(200).uniform_())
             b.dead.data.normal_()  # the uniform_ draws are dead: jumped over
@@ -191,3 +191,18 @@ def test_thread_count_is_checked() -> None:
         m = nn.Linear(2, 2)
     with pytest.raises(ValueError, match="at least 1 thread"):
         materialize(m, threads=0)
+
+
+def test_replay_threads_use_the_callers_intra_op_thread_count() -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # a new thread starts from the machine's count instead
+    try:
+        torch.manual_seed(0)
+        eager = MixedRandom(blocks=3)
+        torch.manual_seed(0)
+        with LazyInitContext():
+            lazy = MixedRandom(blocks=3)
+        materialize(lazy, threads=2)
+    finally:
+        torch.set_num_threads(before)
+    assert_same(eager, lazy)

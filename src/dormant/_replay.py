@@ -198,10 +198,13 @@ def run_for_draws(step: _rng.RngStep) -> torch.Tensor:
 # - threads take batches from a queue until none are left: a thread slowed by the machine's
 #   other work takes fewer. Each batch runs in recorded order.
 # The calling thread resolves positions first (resolving may itself replay), then waits for
-# events: it calls ``on_ready`` and updates the progress bar, so callers see one thread. Values
-# have no prefetcher then (each thread faults its own fresh pages), and one CPU thread per
-# replay thread (``torch.set_num_threads(1)`` is per thread with OpenMP): the random kernels are
-# single-threaded anyway, and splitting ``fill_``/``copy_`` further only oversubscribes.
+# events: it calls ``on_ready`` and updates the progress bar, so callers see one thread. There
+# is no prefetcher then: each thread faults in its own fresh pages.
+# Each replay thread runs ops with the caller's intra-op thread count (``torch.set_num_threads``
+# is per thread with OpenMP, and a new thread starts from the machine's default), not with one:
+# ops such as QR (``orthogonal_``) or sums split their work, hence their rounding, by that count,
+# so eager's values need eager's count (one thread per replay thread changed RWKV's
+# ``orthogonal_`` head). The random kernels are single-threaded: they are what runs in parallel.
 # Everything else (CUDA storages or generators, a plan too small to pay for threads) runs on the
 # calling thread, as before.
 
@@ -304,9 +307,12 @@ class _Execution:
             events.put(s)
 
         self.ready = send
+        intra_op = torch.get_num_threads()  # the caller's: see the note
         workers = [
             threading.Thread(
-                target=self._work, args=(todo, events, stop), name=f"dormant-replay-{i}"
+                target=self._work,
+                args=(todo, events, stop, intra_op),
+                name=f"dormant-replay-{i}",
             )
             for i in range(min(self.threads, len(batches)))
         ]
@@ -344,9 +350,10 @@ class _Execution:
         todo: queue.SimpleQueue[list[tuple[Node, bool]]],
         events: queue.SimpleQueue[object],
         stop: threading.Event,
+        intra_op: int,
     ) -> None:
         """A replay thread: run batches, each in recorded order, until none are left."""
-        torch.set_num_threads(1)  # this thread's OpenMP setting only (see the note above)
+        torch.set_num_threads(intra_op)  # this thread's setting only (see the note above)
         lane = _Lane()
         try:
             with real_execution():
