@@ -353,7 +353,8 @@ class _Execution:
         intra_op: int,
     ) -> None:
         """A replay thread: run batches, each in recorded order, until none are left."""
-        torch.set_num_threads(intra_op)  # this thread's setting only (see the note above)
+        if torch.get_num_threads() != intra_op:  # (with OpenMP, a setting of this thread's)
+            torch.set_num_threads(intra_op)  # see the note above
         lane = _Lane()
         try:
             with real_execution():
