@@ -21,12 +21,18 @@ def materialize(
     *,
     progress: bool | None = None,
     report: Literal[False] = False,
+    threads: int | None = None,
 ) -> nn.Module: ...
 
 
 @overload
 def materialize(
-    module: nn.Module, verbose: bool = False, *, progress: bool | None = None, report: Literal[True]
+    module: nn.Module,
+    verbose: bool = False,
+    *,
+    progress: bool | None = None,
+    report: Literal[True],
+    threads: int | None = None,
 ) -> MaterializeReport: ...
 
 
@@ -36,6 +42,7 @@ def materialize(
     *,
     progress: bool | None = None,
     report: bool = False,
+    threads: int | None = None,
 ) -> nn.Module | MaterializeReport:
     """Compute every lazy tensor of ``module`` and put the values in place.
 
@@ -52,6 +59,9 @@ def materialize(
         progress: show a progress bar; by default only on a terminal for long materializations.
         report: return the :class:`~dormant.MaterializeReport` (what ``verbose`` prints: counts,
             what was materialized early, the ops replayed) instead of the module.
+        threads: how many threads compute values; ops that share no tensor run at once, each
+            random op from its own exact place on the stream, so the values are the same for
+            any count. Default: ``torch.get_num_threads()``.
 
     Returns:
         ``module`` itself, or its report when ``report=True``.
@@ -68,13 +78,17 @@ def materialize(
         >>> torch.equal(model.weight, torch.nn.Linear(8, 8).weight)
         True
     """
-    result = _materialize(module, progress)
+    if threads is not None and threads < 1:
+        raise ValueError(f"materialize(threads={threads}): give at least 1 thread")
+    result = _materialize(module, progress, threads)
     if verbose:
         print(result)
     return result if report else module
 
 
-def _materialize(module: nn.Module, progress: bool | None) -> MaterializeReport:
+def _materialize(
+    module: nn.Module, progress: bool | None, threads: int | None
+) -> MaterializeReport:
     if not isinstance(module, nn.Module):
         raise TypeError(
             f"materialize() expects an nn.Module, got {type(module).__name__}; wrap tensors in a "
@@ -97,8 +111,9 @@ def _materialize(module: nn.Module, progress: bool | None) -> MaterializeReport:
     if lazy:
         stats = _replay.ReplayStats()
         storages = [t._lazy_storage for _, t in lazy.values()]
-        values = _replay.compute(storages, progress=progress, stats=stats)
+        values = _replay.compute(storages, progress=progress, stats=stats, threads=threads)
         report.ops_replayed, report.random_ops = stats.ops, stats.random_ops
+        report.threads = stats.threads
         install(lazy, values)
         del values, lazy
     report.seconds = time.perf_counter() - start

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import queue
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -108,11 +109,8 @@ class _Generators:
         self.at: dict[torch.device, _rng.Position] = {}  # where each stands, when known
 
     def _place(self, step: _rng.RngStep) -> torch.Generator:
-        if step.start is None:
-            assert step.stream is not None
-            step.stream.resolve(run_for_draws)
         start = step.start
-        assert start is not None
+        assert start is not None, "positions are resolved before replay runs"
         gen = self.private.get(step.device)
         if gen is None:
             gen = self.private[step.device] = torch.Generator(device=step.device)
@@ -137,19 +135,24 @@ class _Generators:
             call_kwargs["generator"] = gen
             yield op
         else:  # an op that only draws from the default generator: lend it, then give it back
-            default = _rng.default_generator(step.device)
-            saved = default.get_state()
-            default.set_state(gen.get_state())
-            try:
-                yield node.op
-                gen.set_state(default.get_state())
-            finally:
-                default.set_state(saved)
+            with _lending:  # one thread at a time
+                default = _rng.default_generator(step.device)
+                saved = default.get_state()
+                default.set_state(gen.get_state())
+                try:
+                    yield node.op
+                    gen.set_state(default.get_state())
+                finally:
+                    default.set_state(saved)
         if step.draws is not None:
             self.at[step.device] = step.start.after(step.draws)  # type: ignore[union-attr]
 
     def state(self, device: torch.device) -> torch.Tensor:
         return self.private[device].get_state()
+
+
+# Held while a replay thread lends its generator's state to the default generator.
+_lending = threading.Lock()
 
 
 @functools.cache
@@ -175,63 +178,224 @@ def run_for_draws(step: _rng.RngStep) -> torch.Tensor:
     """Run a random op for its draws alone, into scratch memory, from its exact position; return
     the generator state after it (an op whose draw count is not known without running it)."""
     assert step.node is not None
-    execution = _Execution(plan([], draw_only=[step.node]), lambda s, v: None)
+    execution = _Execution(plan([], draw_only=[step.node]), lambda s, v: None, threads=1)
     execution.run(progress=False)
-    return execution.generators.state(step.device)
+    return execution.lane.generators.state(step.device)
+
+
+# [Note: parallel replay]
+# Eager construction is sequential only because every random op draws from one stream; replay
+# knows each op's position on it, so ops that share no storage can run at once, each random op
+# on its replay thread's private generator placed at that position. The plan is cut in three
+# steps (:func:`_batches`):
+# - *chains*: nodes linked by any storage they read or write (union-find), each in recorded
+#   order. Most init is one chain per weight (``normal_``, then ``zero_`` of a padding row);
+#   anything shared (a tied weight, ``copy_`` between two lazy tensors) joins one chain, so it
+#   runs in eager's order on one thread. Chains share no memory, only the draws' positions.
+# - *batches*: consecutive chains (ordered by their first node) of about equal work. Random ops
+#   of neighbouring chains lie next to each other on the stream, so a thread places its
+#   generator once per batch (a jump, ~10 ms) and then draws straight on, op after op.
+# - threads take batches from a queue until none are left: a thread slowed by the machine's
+#   other work takes fewer. Each batch runs in recorded order.
+# The calling thread resolves positions first (resolving may itself replay), then waits for
+# events: it calls ``on_ready`` and updates the progress bar, so callers see one thread. There
+# is no prefetcher then: each thread faults in its own fresh pages.
+# Each replay thread runs ops with the caller's intra-op thread count (``torch.set_num_threads``
+# is per thread with OpenMP, and a new thread starts from the machine's default), not with one:
+# ops such as QR (``orthogonal_``) or sums split their work, hence their rounding, by that count,
+# so eager's values need eager's count (one thread per replay thread changed RWKV's
+# ``orthogonal_`` head). The random kernels are single-threaded: they are what runs in parallel,
+# so ``threads`` defaults to ``torch.get_num_threads()`` (the cores eager may use). Measured on 2
+# busy cores (``benchmarks/parallel.py``): same CPU time as one thread, within 5%, and less wall
+# time whenever the second core is free (220M Llama: materialize 1.5 s instead of 2.3 s).
+# Everything else (CUDA storages or generators, a plan too small to pay for threads) runs on the
+# calling thread, as before.
+
+# Work worth a batch of its own, in bytes written: a jump to place a generator costs about
+# what writing this many random bytes does.
+MIN_BATCH_BYTES = 16 * 2**20
+BATCHES_PER_THREAD = 4  # enough that a slow thread leaves little work to wait for at the end
+_NODE_BYTES = 64 * 2**10  # the Python around one op costs about what writing this many does
+
+
+class _Lane:
+    """What one replay thread owns: its private generators and its scratch memory."""
+
+    def __init__(self) -> None:
+        self.generators = _Generators()
+        self.scratch = _Scratch()
+
+
+_RAN = object()  # events a replay thread sends to the calling thread
+_EXITED = object()
 
 
 class _Execution:
-    """Runs a :class:`~dormant._plan.Plan` on real tensors (see the module docstring)."""
+    """Runs a :class:`~dormant._plan.Plan` on real tensors (see the module docstring), on the
+    calling thread or on ``threads`` threads (see [Note: parallel replay])."""
 
-    def __init__(self, plan: Plan, on_ready: OnReady, stats: ReplayStats | None = None) -> None:
+    def __init__(
+        self, plan: Plan, on_ready: OnReady, stats: ReplayStats | None = None, *, threads: int
+    ) -> None:
         self.plan = plan
         self.on_ready = on_ready
         self.stats = stats if stats is not None else ReplayStats()
+        self.threads = threads
         self.targets = {id(s): s for s in plan.targets}  # not yet handed over
         self.target_ids = frozenset(self.targets)
         self.usable, self.need = plan.usable, plan.need
         self.uses = dict(plan.uses)  # counted down as nodes run
         self.values: dict[int, torch.UntypedStorage] = {}  # storage id -> real memory
         self.version_now: dict[int, int] = {}  # storage id -> version ``values`` hold
-        self.generators = _Generators()
-        self.scratch = _Scratch()
+        # Replay threads share the dicts above, keyed by storage. Each storage is one chain's,
+        # so only the thread running that chain writes its entries; ``lock`` orders the two
+        # ways a value leaves ``values``: its last use (a thread) and its hand-over (the caller).
+        self.lock = threading.Lock()
+        self.lane = _Lane()  # the calling thread's
         self.prefetch: _Prefetcher | None = None
+        self.ready: Callable[[LazyStorage], None] = self._hand_over  # a target's last write ran
 
     def run(self, progress: bool | None) -> None:
         """Run the plan; hand each target to ``on_ready`` as soon as its last write ran."""
         self._start_from_caches()
-        self.prefetch = _Prefetcher(self.plan.fresh)
         bar = _progress_bar(len(self.plan.nodes), progress)
         try:
             with real_execution():
+                _resolve_positions(self.plan.nodes)
                 for s in list(self.targets.values()):
-                    self._hand_over_if_done(s)  # an early value may already be current
-                for node, real in self.plan.nodes:
-                    self._execute(node, real)
-                    bar.update(1)
+                    if self.version_now.get(id(s)) == s.version:
+                        self._hand_over(s)  # an early value may already be current
+                batches = self._batches()
+                if len(batches) > 1:
+                    self._run_threads(batches, bar)
+                else:
+                    self._run_here(bar)
             self._advance_caches()
         finally:
-            self.prefetch.close()
             bar.close()
         if self.targets:
             raise AssertionError(f"replay did not produce {len(self.targets)} storages")
+        self._count(threads=min(self.threads, len(batches)))
 
-    def _hand_over_if_done(self, s: LazyStorage) -> None:
+    def _batches(self) -> list[list[tuple[Node, bool]]]:
+        on_cpu = all(s.device.type == "cpu" for s in self.plan.storages.values()) and all(
+            node.rng is None or node.rng.device.type == "cpu" for node, _ in self.plan.nodes
+        )
+        if self.threads <= 1 or not on_cpu:
+            return [self.plan.nodes]
+        return _batches(self.plan.nodes, self.threads)
+
+    def _run_here(self, bar: Any) -> None:
+        self.prefetch = _Prefetcher(self.plan.fresh)
+        try:
+            for node, real in self.plan.nodes:
+                self._execute(node, real, self.lane)
+                bar.update(1)
+        finally:
+            self.prefetch.close()
+
+    def _run_threads(self, batches: list[list[tuple[Node, bool]]], bar: Any) -> None:
+        """Run ``batches`` on replay threads; hand values over on this thread as they come."""
+        todo: queue.SimpleQueue[list[tuple[Node, bool]]] = queue.SimpleQueue()
+        for batch in batches:
+            todo.put(batch)
+        events: queue.SimpleQueue[object] = queue.SimpleQueue()
+        stop = threading.Event()
+        # At most this many values wait for this thread: a thread that finished one more waits
+        # too, so a caller that keeps slices holds a few full tensors per thread at most.
+        room = threading.Semaphore(self.threads)
+
+        def send(s: LazyStorage) -> None:
+            room.acquire()
+            events.put(s)
+
+        self.ready = send
+        intra_op = torch.get_num_threads()  # the caller's: see the note
+        workers = [
+            threading.Thread(
+                target=self._work,
+                args=(todo, events, stop, intra_op),
+                name=f"dormant-replay-{i}",
+            )
+            for i in range(min(self.threads, len(batches)))
+        ]
+        error: BaseException | None = None
+        try:
+            for w in workers:
+                w.start()
+            running = len(workers)
+            while running:
+                event = events.get()
+                if event is _RAN:
+                    bar.update(1)
+                elif event is _EXITED:
+                    running -= 1
+                elif isinstance(event, BaseException):
+                    stop.set()
+                    error = error or event
+                else:
+                    assert isinstance(event, LazyStorage)
+                    if error is None:
+                        self._hand_over(event)
+                    room.release()
+        finally:
+            stop.set()  # after an error here (Ctrl-C, on_ready): threads stop after their op
+            room.release(len(workers))  # a thread waiting to send would wait forever
+            for w in workers:
+                if w.is_alive():
+                    w.join()
+            self.ready = self._hand_over
+        if error is not None:
+            raise error
+
+    def _work(
+        self,
+        todo: queue.SimpleQueue[list[tuple[Node, bool]]],
+        events: queue.SimpleQueue[object],
+        stop: threading.Event,
+        intra_op: int,
+    ) -> None:
+        """A replay thread: run batches, each in recorded order, until none are left."""
+        if torch.get_num_threads() != intra_op:  # (with OpenMP, a setting of this thread's)
+            torch.set_num_threads(intra_op)  # see the note above
+        lane = _Lane()
+        try:
+            with real_execution():
+                while not stop.is_set():
+                    try:
+                        batch = todo.get_nowait()
+                    except queue.Empty:
+                        break
+                    for node, real in batch:
+                        if stop.is_set():
+                            break
+                        self._execute(node, real, lane)
+                        events.put(_RAN)
+        except BaseException as e:  # the calling thread raises it
+            stop.set()
+            events.put(e)
+        finally:
+            events.put(_EXITED)
+
+    def _hand_over(self, s: LazyStorage) -> None:
         key = id(s)
-        if key in self.targets and self.version_now.get(key) == s.version:
-            del self.targets[key]
-            self.on_ready(s, self.values[key])
+        with self.lock:
+            if self.targets.pop(key, None) is None:
+                return  # handed over already
+            value = self.values[key]
+        self.on_ready(s, value)
+        with self.lock:
             if self.uses.get(key, 0) == 0:
                 self.values.pop(key, None)
 
-    def _execute(self, node: Node, real: bool) -> None:
+    def _execute(self, node: Node, real: bool, lane: _Lane) -> None:
         if real and self._move_instead_of_copy(node):
             out = None
         else:
-            args = [self._value(node, x, real) for x in node.flat_args]
+            args = [self._value(node, x, real, lane) for x in node.flat_args]
             call_args, call_kwargs = tree_unflatten(args, node.spec)
             try:
-                with self.generators.placed(node, call_kwargs) as op:
+                with lane.generators.placed(node, call_kwargs) as op:
                     out = op(*call_args, **call_kwargs)
             except DormantError:
                 raise  # already says what happened (a checkpoint file that changed)
@@ -240,20 +404,18 @@ class _Execution:
                     f"replaying {node.label} failed: {type(e).__name__}: {e}"
                 ) from e
         if real:
-            self.stats.ops += 1
-            if node.rng is not None:
-                self.stats.random_ops.append(node.label)
             self._keep_outputs(node, out)
             self._release_inputs(node)
             for w in node.writes:
                 s = w.storage
                 if s is not None and id(s) in self.values:
                     self.version_now[id(s)] = w.version
-                    self._hand_over_if_done(s)
+                    if w.version == s.version and id(s) in self.target_ids:
+                        self.ready(s)
 
-    def _value(self, node: Node, x: Any, real: bool) -> Any:
+    def _value(self, node: Node, x: Any, real: bool, lane: _Lane) -> Any:
         if isinstance(x, TensorRef):
-            return self._argument(node, x, real)
+            return self._argument(node, x, real, lane)
         return x() if isinstance(x, Constant) else x  # a real tensor, checked unchanged
 
     def _move_instead_of_copy(self, node: Node) -> bool:
@@ -283,7 +445,7 @@ class _Execution:
         self.values[id(dst)] = self.values[id(src)]
         return True
 
-    def _argument(self, node: Node, ref: TensorRef, real: bool) -> torch.Tensor:
+    def _argument(self, node: Node, ref: TensorRef, real: bool, lane: _Lane) -> torch.Tensor:
         meta = ref.meta
         if ref.shape_only:
             device = _ref_device(ref, node)
@@ -294,16 +456,16 @@ class _Execution:
             if source is None:
                 # Only a random op run for its draws reads a storage that died: it read
                 # its own target, and in-place random ops draw independently of the values.
-                return self.scratch.like(meta, _ref_device(ref, node))
+                return lane.scratch.like(meta, _ref_device(ref, node))
             return view_of(self.values[id(source)], meta)
         s = write.storage
         if not real or s is None or write.version not in self.need.get(id(s), ()):
             device = s.device if s is not None else _ref_device(ref, node)
-            return self.scratch.like(meta, device)
+            return lane.scratch.like(meta, device)
         buf = self.values.get(id(s))
         if buf is None:
-            assert self.prefetch is not None
-            buf = self.values[id(s)] = self.prefetch.take(s)
+            fresh = self.prefetch.take(s) if self.prefetch is not None else _allocate(s)
+            buf = self.values[id(s)] = fresh
         return view_of(buf, meta)
 
     def _keep_outputs(self, node: Node, out: Any) -> None:
@@ -332,11 +494,12 @@ class _Execution:
     def _release_inputs(self, node: Node) -> None:
         touched = [s for r in node.reads if (s := r.storage) is not None]
         touched += [w.storage for w in node.writes if w.keeps_base and w.storage is not None]
-        for s in touched:
-            key = id(s)
-            self.uses[key] -= 1
-            if self.uses[key] == 0 and key not in self.targets:
-                self.values.pop(key, None)
+        with self.lock:
+            for s in touched:
+                key = id(s)
+                self.uses[key] -= 1
+                if self.uses[key] == 0 and key not in self.targets:
+                    self.values.pop(key, None)
 
     def _start_from_caches(self) -> None:
         for key in self.usable:
@@ -351,6 +514,80 @@ class _Execution:
             s = self.plan.storages.get(key)
             if s is not None and s.cache is not None:
                 s.cache_version = max(s.cache_version, max(self.need[key]))
+
+    def _count(self, threads: int) -> None:
+        for node, real in self.plan.nodes:
+            if real:
+                self.stats.ops += 1
+                if node.rng is not None:
+                    self.stats.random_ops.append(node.label)
+        self.stats.threads = max(self.stats.threads, threads)
+
+
+def _resolve_positions(nodes: list[tuple[Node, bool]]) -> None:
+    """Give every random op of a plan its start on its stream, before any of them runs
+    (resolving runs uncounted ops for their draws: see [Note: RNG positions])."""
+    for node, _ in nodes:
+        step = node.rng
+        if step is not None and step.start is None:
+            assert step.stream is not None
+            step.stream.resolve(run_for_draws)
+
+
+def _batches(nodes: list[tuple[Node, bool]], threads: int) -> list[list[tuple[Node, bool]]]:
+    """``nodes`` cut into batches of whole chains for ``threads`` replay threads, each batch in
+    recorded order (see [Note: parallel replay]); one batch when threads would not pay."""
+    cost = [_cost(node) for node, _ in nodes]
+    share = max(sum(cost) / (threads * BATCHES_PER_THREAD), MIN_BATCH_BYTES)
+    batch_of = [0] * len(nodes)
+    batch, filled = 0, 0
+    for chain in _chains(nodes):
+        if filled >= share:
+            batch, filled = batch + 1, 0
+        for i in chain:
+            batch_of[i] = batch
+            filled += cost[i]
+    batches: list[list[tuple[Node, bool]]] = [[] for _ in range(batch + 1)]
+    for i, item in enumerate(nodes):
+        batches[batch_of[i]].append(item)
+    return batches
+
+
+def _chains(nodes: list[tuple[Node, bool]]) -> list[list[int]]:
+    """Indices of ``nodes`` grouped by the storages they touch (two nodes that read or write
+    one storage are in one chain), in recorded order; chains ordered by their first node."""
+    parent: dict[int, int] = {}
+
+    def root(key: int) -> int:
+        while (up := parent.setdefault(key, key)) != key:
+            parent[key] = parent.setdefault(up, up)  # halve the path
+            key = up
+        return key
+
+    keys = []
+    for node, _ in nodes:
+        touched = [id(s) for r in node.reads if (s := r.storage) is not None]
+        touched += [id(s) for w in node.writes if (s := w.storage) is not None]
+        if not touched:
+            touched = [id(node)]  # touches only scratch memory: a chain of its own
+        for key in touched[1:]:
+            parent[root(key)] = root(touched[0])
+        keys.append(touched[0])
+    chains: dict[int, list[int]] = {}
+    for i, key in enumerate(keys):
+        chains.setdefault(root(key), []).append(i)
+    return list(chains.values())
+
+
+def _cost(node: Node) -> int:
+    """A node's work, roughly: the bytes it writes, plus the Python around any op."""
+    written = _NODE_BYTES
+    for w in node.writes:
+        if w.ref is not None:
+            written += w.ref.meta.numel() * w.ref.meta.element_size()
+        elif (s := w.storage) is not None:
+            written += s.nbytes
+    return written
 
 
 def _ref_device(ref: TensorRef, node: Node) -> torch.device:
@@ -379,6 +616,7 @@ class ReplayStats:
 
     ops: int = 0
     random_ops: list[str] = field(default_factory=list)  # computed for their values
+    threads: int = 1  # the most threads a pass ran on
 
 
 def compute_each(
@@ -387,16 +625,21 @@ def compute_each(
     *,
     progress: bool | None = None,
     stats: ReplayStats | None = None,
+    threads: int | None = None,
 ) -> None:
     """Compute the current values of ``storages`` in one pass, streaming them out.
 
-    ``on_ready(storage, value)`` is called as soon as a storage's last write has run; replay
-    keeps the value only as long as later ops still read it, so a caller that keeps a slice of
-    each value (a shard) holds about one full tensor at a time.
+    ``on_ready(storage, value)`` is called on the calling thread as soon as a storage's last
+    write has run; replay keeps the value only as long as later ops still read it, so a caller
+    that keeps a slice of each value (a shard) holds about one full tensor per replay thread at
+    a time. ``threads`` (default ``torch.get_num_threads()``) replay threads run ops that share
+    no storage at once (see [Note: parallel replay]); with more than one, values come in an
+    order that depends on timing.
     """
     targets = list(storages)
     if targets:
-        _Execution(plan(targets), on_ready, stats).run(progress)
+        count = threads if threads is not None else torch.get_num_threads()
+        _Execution(plan(targets), on_ready, stats, threads=count).run(progress)
 
 
 def compute(
@@ -404,10 +647,15 @@ def compute(
     *,
     progress: bool | None = None,
     stats: ReplayStats | None = None,
+    threads: int | None = None,
 ) -> dict[int, torch.UntypedStorage]:
     """Compute the current values of ``storages``, keyed by ``id(storage)``."""
     values: dict[int, torch.UntypedStorage] = {}
     compute_each(
-        storages, lambda s, v: values.__setitem__(id(s), v), progress=progress, stats=stats
+        storages,
+        lambda s, v: values.__setitem__(id(s), v),
+        progress=progress,
+        stats=stats,
+        threads=threads,
     )
     return values

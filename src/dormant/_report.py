@@ -34,6 +34,7 @@ class MaterializeReport:
     ops_replayed: int = 0
     # Random ops computed for their values (those whose draws were overwritten are jumped over).
     random_ops: list[str] = field(default_factory=list)
+    threads: int = 1  # replay threads the values were computed on
 
     @property
     def early_numel(self) -> int:
@@ -69,7 +70,8 @@ class MaterializeReport:
             f"  lazy rate: {self.lazy_rate:.2%} of {self.numel:,} elements",
             f"  materialized early: {len(self.early)} tensors, {self.early_numel:,} elements "
             f"({1 - self.lazy_rate:.2%}), {_human(early_bytes)}",
-            f"  replayed: {self.ops_replayed} ops, {len(self.random_ops)} of them random",
+            f"  replayed: {self.ops_replayed} ops, {len(self.random_ops)} of them random, "
+            f"on {self.threads} thread{'s' if self.threads > 1 else ''}",
         ]
         lines += [f"    - {e.name}: forced by {e.op} at {e.where}" for e in self.early]
         return "\n".join(lines)
