@@ -216,3 +216,89 @@ def test_forward_pass_before_materialize_is_a_clear_error() -> None:
     nn.init.zeros_(m[0].bias)  # edits after building still record
     materialize(m)
     assert m(torch.ones(2, 4)).shape == (2, 4)
+
+
+def _geometry(t: torch.Tensor) -> tuple[object, ...]:
+    return (t.shape, t.stride(), t.storage_offset(), t.dtype, t.untyped_storage().nbytes())
+
+
+_SHAPES = [(), (0,), (3,), (2, 0, 3), (1, 5), (16,), (4, 3)]
+_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64]
+_INPLACE_SHORTCUTS = [
+    (torch.ops.aten.normal_.default, [(0.0, 0.02), (1.0, 0.0), (0.0, -1.0), (0, 1)]),
+    (torch.ops.aten.uniform_.default, [(-0.1, 0.1), (0, 1), (1.0, -1.0), (True, 2.0)]),
+]
+
+
+@pytest.mark.parametrize("func,params", _INPLACE_SHORTCUTS, ids=["normal_", "uniform_"])
+def test_meta_shortcuts_of_inplace_fills_agree_with_the_meta_kernels(
+    func: torch._ops.OpOverload, params: list[tuple[object, object]]
+) -> None:
+    from dormant import _record
+
+    op = _record._op(func)
+    assert op.meta_shortcut is not None
+    bases = [torch.empty(s, dtype=d, device="meta") for s in _SHAPES for d in _DTYPES]
+    views = [torch.empty(4, 3, device="meta").t(), torch.empty(4, 6, device="meta")[:, ::2]]
+    for self in bases + views:
+        for args in params:
+            meta_args = (self, *args)
+            before = _geometry(self)
+            got = op.meta_shortcut(_record._bind(op, meta_args, {}), meta_args, {})
+            if got is None:
+                continue  # the kernel runs, and raises what it raises
+            out = func(*meta_args)  # the shortcut must not hide an error
+            assert got is self and _geometry(out) == before == _geometry(self)
+
+
+@pytest.mark.parametrize("default", [torch.float32, torch.float64])
+def test_meta_shortcut_of_randn_agrees_with_the_meta_kernel(default: torch.dtype) -> None:
+    from dormant import _record
+
+    meta = torch.device("meta")
+    dtypes = [None, *_DTYPES, torch.complex64]
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(default)
+    try:
+        for func in (torch.ops.aten.randn.default, torch.ops.aten.randn.generator):
+            op = _record._op(func)
+            assert op.meta_shortcut is not None
+            for shape in _SHAPES:
+                for dtype in dtypes:
+                    kwargs: dict[str, object] = {"dtype": dtype, "device": meta}
+                    if func is torch.ops.aten.randn.generator:
+                        kwargs["generator"] = None
+                    args = (list(shape),)
+                    got = op.meta_shortcut(_record._bind(op, args, kwargs), args, kwargs)
+                    if got is None:
+                        continue
+                    assert _geometry(got) == _geometry(func(*args, **kwargs)), (shape, dtype)
+    finally:
+        torch.set_default_dtype(saved)
+
+
+class _RandomShapes(nn.Module):
+    """randn, normal_ and uniform_ over shapes, dtypes and strides the shortcuts see."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.randn(16))
+        self.b = nn.Parameter(torch.randn(3, 5, dtype=torch.float64))
+        self.c = nn.Parameter(torch.randn(0, 4))
+        self.d = nn.Parameter(torch.empty(4, 6).t())
+        self.e = nn.Parameter(torch.empty(8, 3, dtype=torch.bfloat16))
+        with torch.no_grad():
+            self.d.uniform_(-0.5, 0.5)
+            self.d[:, ::2].uniform_(2, 3)  # not dense: the kernel's path
+            self.e.normal_(0.0, 0.02)
+            self.e.uniform_()
+
+
+def test_random_ops_with_meta_shortcuts_equal_eager() -> None:
+    assert_same(*build_pair(_RandomShapes))
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # randn without a dtype: the default is pinned
+    try:
+        assert_same(*build_pair(_RandomShapes))
+    finally:
+        torch.set_default_dtype(saved)
