@@ -4,13 +4,14 @@ costs no storage."""
 from __future__ import annotations
 
 import gc
+import weakref
 from pathlib import Path
 
 import psutil
 import pytest
 import torch
 from helpers import assert_same, build_pair
-from models import Factories
+from models import Factories, WritesThroughViews
 from torch import nn
 
 from dormant import (
@@ -302,3 +303,103 @@ def test_random_ops_with_meta_shortcuts_equal_eager() -> None:
         assert_same(*build_pair(_RandomShapes))
     finally:
         torch.set_default_dtype(saved)
+
+
+class _EveryFastKind(nn.Module):
+    """Factories, views of one lazy tensor and in-place fills, with the variants each fast path
+    must treat as the general path does (generators, dtypes, out-of-place edits, meta device)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(7)
+        self.lin = nn.Linear(6, 4)
+        self.emb = nn.Embedding(10, 4, padding_idx=2)
+        self.norm = nn.LayerNorm(4)
+        self.conv = nn.Conv2d(2, 3, 3)
+        self.full = nn.Parameter(torch.full((2, 3), 7.0))
+        self.ints = nn.Parameter(torch.zeros(3, dtype=torch.int64), requires_grad=False)
+        self.ranged = nn.Parameter(torch.arange(0, 6, 2.0))
+        self.gen = nn.Parameter(torch.randn(17, generator=g))
+        self.gen_fill = nn.Parameter(torch.empty(20).uniform_(-2, 2, generator=g))
+        self.rand = nn.Parameter(torch.rand(5, dtype=torch.float64))
+        self.bits = nn.Parameter(torch.empty(9).random_(0, 5), requires_grad=False)
+        self.bern = nn.Parameter(torch.empty(8).bernoulli_(0.25), requires_grad=False)
+        self.exp = nn.Parameter(torch.empty(16).exponential_())
+        self.small = nn.Parameter(torch.empty(3).normal_())  # uncounted: runs for its draws
+        with torch.no_grad():
+            self.lin.weight.t()[1:3].zero_()
+            self.lin.weight.view(-1)[:5].fill_(0.5)
+            self.lin.weight.clamp_(-0.3, 0.3)  # reads its target
+            self.full.sqrt_()
+            self.full.data.expand(4, 2, 3)  # a view thrown away
+            self.conv.weight.transpose(0, 1).normal_(0.0, 0.1)
+        self.meta_shape = torch.empty(3, device="meta").shape  # stays meta, unrecorded
+        self.half = self.lin.weight.detach().half()
+
+
+def _describe_graph(module: nn.Module) -> list[object]:
+    """Every node that built the module's tensors, as plain data: storages by first appearance."""
+    from dormant._graph import TensorRef
+
+    ids: dict[int, int] = {}
+
+    def sid(s: object) -> int:
+        return ids.setdefault(id(s), len(ids))
+
+    def arg(x: object) -> object:
+        if isinstance(x, TensorRef):
+            meta = x.meta
+            return ("ref", sid(x.storage), x.version, isinstance(x._storage, weakref.ref),
+                    x.shape_only, _geometry(meta))  # fmt: skip
+        if isinstance(x, torch.Generator):
+            return ("generator", x.initial_seed())
+        return (type(x).__name__, x if not isinstance(x, torch.Tensor) else tuple(x.shape))
+
+    out: list[object] = []
+    seen: set[int] = set()
+    for name, t in [*module.named_parameters(), *module.named_buffers()]:
+        storage = t._lazy_storage
+        out.append((name, sid(storage), storage.nbytes, storage.device))
+        for node in storage.writers:
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            rng = node.rng
+            out.append((
+                node.label, [arg(x) for x in node.flat_args], node.spec,
+                [(sid(r.storage), r.version) for r in node.reads],
+                [(sid(w.storage), w.version, w.keeps_base, w.output_index, arg(w.ref))
+                 for w in node.writes],
+                None if rng is None else (rng.draws, rng.device,
+                                          None if rng.start is None else rng.start.draws),
+            ))  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize("model", [_EveryFastKind, _RandomShapes, WritesThroughViews, Factories])
+def test_fast_paths_record_what_the_general_path_records(
+    model: type[nn.Module], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dormant import _record
+
+    def build(fast: bool) -> tuple[nn.Module, list[object], torch.Tensor]:
+        with monkeypatch.context() as m:
+            m.setattr(_record, "_OPS", {})  # schema facts made again, fast paths on or off
+            if not fast:
+                m.setattr(_record, "_fast_path", lambda op, schema: None)
+            torch.manual_seed(0)
+            with LazyInitContext():
+                module = model()
+            kinds = {op.fast.__name__ for op in _record._OPS.values() if op.fast is not None}
+            all_kinds = {"_record_factory", "_record_view", "_record_fill"}
+            assert kinds == (all_kinds if fast and model is _EveryFastKind else kinds & all_kinds)
+            assert bool(kinds) == fast
+            return module, _describe_graph(module), torch.get_rng_state()
+
+    general, general_graph, general_rng = build(fast=False)
+    fast, fast_graph, fast_rng = build(fast=True)
+    assert fast_graph == general_graph
+    assert torch.equal(fast_rng, general_rng)
+    materialize(general)
+    materialize(fast)
+    assert_same(general, fast)

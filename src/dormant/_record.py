@@ -164,6 +164,7 @@ class _Op:
     __slots__ = (
         "alias_args",
         "factory_schema",
+        "fast",
         "forward",
         "func",
         "has_device",
@@ -216,6 +217,7 @@ class _Op:
         self.has_device = "device" in self.names
         self.has_dtype = "dtype" in self.names
         self.meta_shortcut: _MetaShortcut | None = _META_SHORTCUTS.get(func)
+        self.fast: _FastPath | None = _fast_path(self, schema)
 
 
 # Keyed by ``id``: OpOverload hashes in Python, and every op would pay for it. The _Op holds its
@@ -292,6 +294,10 @@ def record_op(
 ) -> Any:
     """Record ``func(*args, **kwargs)`` lazily, or run it for real when it touches nothing lazy."""
     op = _OPS.get(id(func)) or _op(func)
+    if op.fast is not None:
+        out = op.fast(op, args, kwargs, in_context)
+        if out is not _SLOW:
+            return out
     if op.special is not None:
         return op.special(func, args, kwargs, in_context)
     flat, layout = flatten(args, kwargs)
@@ -411,6 +417,141 @@ def _record(
         bound = _bind(op, args, kwargs)
         flat, layout = flatten(args, kwargs)
     return _add_node(op, flat, layout, bound, meta_out, device, forced_out)
+
+
+# [Note: fast paths]
+# Model construction is mostly three kinds of op: factories (``empty``, ``ones``, ``randn``),
+# views of one lazy tensor (``detach`` for every ``nn.Parameter``) and in-place fills of one lazy
+# tensor (``uniform_``, ``normal_``, ``fill_``, ``zero_``). For each kind, the schema alone tells
+# which steps of ``record_op`` and ``_record`` can matter: a fast path runs just those, in the same
+# order, with the same effects (the same node, flat arguments, spec, writes and random step). It
+# answers ``_SLOW`` for what it does not cover (a real tensor, a meta device, no meta kernel), and
+# the general path then takes the op from the start: nothing was recorded yet.
+
+_SLOW: Any = object()
+_FastPath = Callable[["_Op", tuple[Any, ...], dict[str, Any], bool], Any]
+
+
+def _fast_path(op: _Op, schema: torch._C.FunctionSchema) -> _FastPath | None:
+    """The fast path for ``op``'s kind, from its schema, or None."""
+    if op.special is not None or op.forward or op.metadata_query or op.shape_only:
+        return None
+    if op.metadata_inplace or op.returns_values or len(schema.returns) != 1:
+        return None
+    if str(schema.returns[0].type) != "Tensor":
+        return None
+    arguments = schema.arguments
+    first_is_tensor = bool(arguments) and str(arguments[0].type) == "Tensor"
+    rest = arguments[1:] if first_is_tensor else arguments
+    if any("Tensor" in str(a.type) for a in rest):
+        return None  # another tensor argument: the general path
+    if {"device", "pin_memory"} & set(op.names[1:] if first_is_tensor else ()):
+        return None
+    if not first_is_tensor:
+        return _record_factory if op.factory_schema and not op.mutated else None
+    if op.is_view and op.view_source == op.names[0] and "generator" not in op.names:
+        return _record_view
+    if (
+        op.mutated == {op.names[0]}
+        and op.alias_args[0] == op.names[0]
+        and op.returns[0] is not None
+        and op.returns[0].is_write
+        and not any("List" in str(a.type) for a in arguments)
+    ):
+        return _record_fill
+    return None
+
+
+def _record_view(op: _Op, args: tuple[Any, ...], kwargs: dict[str, Any], in_context: bool) -> Any:
+    """A view of one lazy tensor (``detach``, ``t``, ``view``): a lazy tensor over its storage."""
+    x = args[0] if args else None
+    if not isinstance(x, LazyTensor):
+        return _SLOW
+    try:
+        meta_out = op.func(x._meta, *args[1:], **kwargs)
+    except NotImplementedError:
+        return _SLOW
+    return LazyTensor(meta_out, x._lazy_storage)
+
+
+def _record_fill(op: _Op, args: tuple[Any, ...], kwargs: dict[str, Any], in_context: bool) -> Any:
+    """An in-place op on one lazy tensor, with no other tensor argument (``uniform_``,
+    ``fill_``, ``zero_``): one node that writes its storage."""
+    x = args[0] if args else None
+    if not isinstance(x, LazyTensor):
+        return _SLOW
+    func = op.func
+    bound = _bind(op, args, kwargs)
+    device = x.device
+    meta_args = (x._meta, *args[1:])
+    meta_kwargs = dict(kwargs)
+    if meta_kwargs.get("generator") is not None:
+        meta_kwargs["generator"] = None
+    try:
+        shortcut = op.meta_shortcut
+        meta_out = shortcut(bound, meta_args, meta_kwargs) if shortcut is not None else None
+        if meta_out is None:
+            meta_out = func(*meta_args, **meta_kwargs)
+    except NotImplementedError:
+        return _SLOW
+    flat, layout = flatten(args, kwargs)
+    s = x._lazy_storage
+    node = Node(func, [], layout.spec)
+    ref = TensorRef(s, x._meta, s.version, weak=True)
+    node.flat_args = [ref, *flat[1:]]
+    blind = op.write_only or op.names[0] == "out"
+    if not blind:
+        node.reads.append(ref)
+    s.add_write(node, ref=ref, keeps_base=not (blind and _covers_storage(x._meta, s)))
+    if op.is_random:
+        _attach_rng(node, bound, device, _draws.count(func, meta_out, bound, device))
+    return x
+
+
+def _record_factory(
+    op: _Op, args: tuple[Any, ...], kwargs: dict[str, Any], in_context: bool
+) -> Any:
+    """A factory (``empty``, ``ones``, ``randn``) inside the context: one node, one new storage."""
+    if not in_context:
+        return _SLOW
+    device_arg = kwargs.get("device")
+    if device_arg is not None and torch.device(device_arg).type == "meta":
+        return _SLOW
+    func = op.func
+    bound = _bind(op, args, kwargs)
+    device = _output_device(bound, [])
+    meta_kwargs = dict(kwargs)
+    if op.has_device:
+        meta_kwargs["device"] = _META
+    meta_kwargs.pop("pin_memory", None)
+    if meta_kwargs.get("generator") is not None:
+        meta_kwargs["generator"] = None
+    try:
+        shortcut = op.meta_shortcut
+        meta_out = shortcut(bound, args, meta_kwargs) if shortcut is not None else None
+        if meta_out is None:
+            meta_out = func(*args, **meta_kwargs)
+    except NotImplementedError:
+        return _SLOW
+    if device.type == "meta":
+        return meta_out
+    # Pin the factory's defaults so replay does not depend on global settings then.
+    kwargs = dict(kwargs)
+    if op.has_dtype and kwargs.get("dtype") is None:
+        kwargs["dtype"] = meta_out.dtype
+    if op.has_device:
+        kwargs["device"] = device
+    kwargs.pop("pin_memory", None)
+    flat, layout = flatten(args, kwargs)
+    node = Node(func, flat, layout.spec)
+    storage = LazyStorage(meta_out.untyped_storage().nbytes(), device)
+    ref = TensorRef(storage, meta_out, 1, weak=True)
+    storage.add_write(node, ref=ref, output_index=0, keeps_base=False)
+    out = LazyTensor(meta_out, storage)
+    if op.is_random:
+        bound = _bind(op, args, kwargs)
+        _attach_rng(node, bound, device, _draws.count(func, meta_out, bound, device))
+    return out
 
 
 # [Note: meta shortcuts]
