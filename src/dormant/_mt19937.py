@@ -82,11 +82,24 @@ def _blocks(words: np.ndarray, count: int) -> np.ndarray:
     """The untempered sequence x_0 .. x_{624 * count - 1}, starting from block ``words``."""
     out = np.empty(N * count, np.uint32)
     out[:N] = words
-    bitgen = _numpy_generator(words, N)
-    for b in range(1, count):
-        bitgen.random_raw(N)  # regenerates once, then hands out the new block
-        out[N * b : N * (b + 1)] = bitgen.state["state"]["key"]
+    # From pos 624 the generator hands out the next blocks' words, tempered: draw them in one
+    # call and undo the tempering.
+    drawn = _numpy_generator(words, N).random_raw(N * (count - 1))
+    out[N:] = _untemper(drawn.astype(np.uint32))
     return out
+
+
+def _untemper(y: np.ndarray) -> np.ndarray:
+    """The inverse of mt19937's output tempering, word by word."""
+    y = y ^ (y >> 18)
+    y ^= (y << 15) & np.uint32(0xEFC60000)
+    x = y.copy()
+    for _ in range(4):  # y ^= (y << 7) & B, undone 7 bits at a time
+        x = y ^ ((x << 7) & np.uint32(0x9D2C5680))
+    y, x = x, x.copy()
+    for _ in range(2):  # y ^= y >> 11, undone 11 bits at a time
+        x = y ^ (x >> 11)
+    return x
 
 
 _POLY_MASK = (1 << DEGREE) - 1
