@@ -248,6 +248,8 @@ def _to_meta(x: Any) -> Any:
 
 def _is_dense(meta: torch.Tensor) -> bool:
     """Whether the elements of ``meta`` fill a contiguous block, each exactly once."""
+    if meta.numel() and meta.is_contiguous():
+        return True  # the common case, without sorting the strides (empty tensors: below)
     expected = 1
     for size, stride in sorted(zip(meta.shape, meta.stride()), key=lambda d: d[1]):
         if size == 1:
