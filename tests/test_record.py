@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -403,3 +404,45 @@ def test_fast_paths_record_what_the_general_path_records(
     materialize(general)
     materialize(fast)
     assert_same(general, fast)
+
+
+def test_factory_metadata_is_never_reused_for_other_arguments() -> None:
+    # Each pair differs in one argument (or the default dtype) that the remembered metadata of
+    # the first must not answer for the second (see [Note: factory metadata]).
+    calls: list[Callable[[], torch.Tensor]] = [
+        lambda: torch.empty(2, 3),
+        lambda: torch.empty(3, 2),
+        lambda: torch.empty(2, 3, dtype=torch.float64),
+        lambda: torch.empty(6),
+        lambda: torch.empty(2, 3, 4, 5, memory_format=torch.channels_last),
+        lambda: torch.empty_strided((2, 3), (1, 2)),
+        lambda: torch.empty_strided((2, 3), (3, 1)),
+        lambda: torch.full((2,), 1),
+        lambda: torch.full((2,), 1.0),
+        lambda: torch.full((2,), True),
+        lambda: torch.arange(0, 6, 2),
+        lambda: torch.arange(0, 6, 3),
+        lambda: torch.arange(0.0, 1.0, 0.25),
+        lambda: torch.ones(4),
+        lambda: torch.randn(4),
+        lambda: torch.zeros(0, 3),
+    ]
+
+    def geometry(t: torch.Tensor) -> tuple[object, ...]:
+        return (t.shape, t.stride(), t.storage_offset(), t.dtype, t.is_contiguous())
+
+    saved = torch.get_default_dtype()
+    try:
+        for default in (torch.float32, torch.float64, torch.float32):
+            torch.set_default_dtype(default)
+            eager = [geometry(call()) for call in calls]
+            for _ in range(2):  # the second time, from what the first remembered
+                with LazyInitContext():
+                    lazy = [call() for call in calls]
+                assert [geometry(t._meta) for t in lazy] == eager
+                assert [geometry(t) for t in lazy] == eager
+                assert [t._lazy_storage.nbytes for t in lazy] == [
+                    t.untyped_storage().nbytes() for t in (call() for call in calls)
+                ]
+    finally:
+        torch.set_default_dtype(saved)

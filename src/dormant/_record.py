@@ -528,13 +528,21 @@ def _record_factory(
     meta_kwargs.pop("pin_memory", None)
     if meta_kwargs.get("generator") is not None:
         meta_kwargs["generator"] = None
-    try:
-        shortcut = op.meta_shortcut
-        meta_out = shortcut(bound, args, meta_kwargs) if shortcut is not None else None
-        if meta_out is None:
-            meta_out = func(*args, **meta_kwargs)
-    except NotImplementedError:
-        return _SLOW
+    key = _factory_key(op, args, meta_kwargs)
+    known = _FACTORY_META.get(key) if key is not None else None
+    if known is not None:
+        size, stride, dtype, nbytes = known
+        meta_out = torch.empty_strided(size, stride, dtype=dtype, device=_META)
+    else:
+        try:
+            shortcut = op.meta_shortcut
+            made = shortcut(bound, args, meta_kwargs) if shortcut is not None else None
+            meta_out = made if made is not None else func(*args, **meta_kwargs)
+        except NotImplementedError:
+            return _SLOW
+        nbytes = meta_out.untyped_storage().nbytes()
+        if key is not None:
+            _remember_factory_meta(key, meta_out, nbytes)
     if device.type == "meta":
         return meta_out
     # Pin the factory's defaults so replay does not depend on global settings then.
@@ -546,7 +554,7 @@ def _record_factory(
     kwargs.pop("pin_memory", None)
     flat, layout = flatten(args, kwargs)
     node = Node(func, flat, layout.spec)
-    storage = LazyStorage(meta_out.untyped_storage().nbytes(), device)
+    storage = LazyStorage(nbytes, device)
     ref = TensorRef(storage, meta_out, 1, weak=True)
     storage.add_write(node, ref=ref, output_index=0, keeps_base=False)
     out = LazyTensor(meta_out, storage)
@@ -554,6 +562,56 @@ def _record_factory(
         bound = _bind(op, args, kwargs)
         _attach_rng(node, bound, device, _draws.count(func, meta_out, bound, device))
     return out
+
+
+# [Note: factory metadata]
+# A factory's meta output depends only on its arguments (with the device already meta, the
+# generator dropped) and on the default dtype: no tensor goes in. Models make the same few
+# shapes over and over, so the first result of each call is remembered (size, strides, dtype,
+# storage bytes) and later ones are made with ``empty_strided``: 1 us against 3 us for
+# ``empty``'s kernel and 5-20 us for decompositions (``ones``, ``full``, ``randn``). Only plain
+# arguments make a key (numbers tagged with their type, since ``full((2,), 1)`` and
+# ``full((2,), 1.0)`` differ in dtype; lists of ints; dtypes, devices, layouts, memory formats,
+# strings, None), only results ``empty_strided`` rebuilds exactly are remembered, and failures
+# never are: the kernel raises its error at every such call.
+
+_FACTORY_META: dict[tuple[Any, ...], tuple[torch.Size, tuple[int, ...], torch.dtype, int]] = {}
+_KEY_TYPES = frozenset(
+    {int, float, bool, complex, str, type(None), torch.dtype, torch.device, torch.layout}
+    | {torch.memory_format}
+)
+
+
+def _factory_key(op: _Op, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
+    key: list[Any] = [id(op), torch.get_default_dtype(), tuple(kwargs)]
+    for value in (*args, *kwargs.values()):
+        kind = type(value)
+        if kind is list:
+            if not all(type(n) is int for n in value):
+                return None
+            key.append(tuple(value))
+        elif kind in _KEY_TYPES:
+            key.append((kind, value))
+        else:
+            return None
+    return tuple(key)
+
+
+def _remember_factory_meta(key: tuple[Any, ...], meta: torch.Tensor, nbytes: int) -> None:
+    if (
+        type(meta) is not torch.Tensor
+        or meta.layout != torch.strided
+        or meta.storage_offset() != 0
+        or meta.requires_grad
+        or meta.is_conj()
+        or meta.is_neg()
+        or any(name is not None for name in getattr(meta, "names", ()))  # named tensors
+    ):
+        return
+    size, stride, dtype = meta.shape, meta.stride(), meta.dtype
+    again = torch.empty_strided(size, stride, dtype=dtype, device=_META)
+    if again.untyped_storage().nbytes() == nbytes:
+        _FACTORY_META[key] = (size, stride, dtype, nbytes)
 
 
 # [Note: meta shortcuts]
