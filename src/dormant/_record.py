@@ -576,6 +576,7 @@ def _record_factory(
 # never are: the kernel raises its error at every such call.
 
 _FACTORY_META: dict[tuple[Any, ...], tuple[torch.Size, tuple[int, ...], torch.dtype, int]] = {}
+_FACTORY_META_SIZE = 4096
 _KEY_TYPES = frozenset(
     {int, float, bool, complex, str, type(None), torch.dtype, torch.device, torch.layout}
     | {torch.memory_format}
@@ -611,6 +612,8 @@ def _remember_factory_meta(key: tuple[Any, ...], meta: torch.Tensor, nbytes: int
     size, stride, dtype = meta.shape, meta.stride(), meta.dtype
     again = torch.empty_strided(size, stride, dtype=dtype, device=_META)
     if again.untyped_storage().nbytes() == nbytes:
+        if len(_FACTORY_META) >= _FACTORY_META_SIZE:
+            _FACTORY_META.clear()  # shapes of earlier models: start again
         _FACTORY_META[key] = (size, stride, dtype, nbytes)
 
 
