@@ -4,13 +4,15 @@ costs no storage."""
 from __future__ import annotations
 
 import gc
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 import pytest
 import torch
 from helpers import assert_same, build_pair
-from models import Factories
+from models import Factories, WritesThroughViews
 from torch import nn
 
 from dormant import (
@@ -216,3 +218,231 @@ def test_forward_pass_before_materialize_is_a_clear_error() -> None:
     nn.init.zeros_(m[0].bias)  # edits after building still record
     materialize(m)
     assert m(torch.ones(2, 4)).shape == (2, 4)
+
+
+def _geometry(t: torch.Tensor) -> tuple[object, ...]:
+    return (t.shape, t.stride(), t.storage_offset(), t.dtype, t.untyped_storage().nbytes())
+
+
+_SHAPES = [(), (0,), (3,), (2, 0, 3), (1, 5), (16,), (4, 3)]
+_DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64]
+_INPLACE_SHORTCUTS = [
+    (torch.ops.aten.normal_.default, [(0.0, 0.02), (1.0, 0.0), (0.0, -1.0), (0, 1)]),
+    (torch.ops.aten.uniform_.default, [(-0.1, 0.1), (0, 1), (1.0, -1.0), (True, 2.0)]),
+]
+
+
+@pytest.mark.parametrize("func,params", _INPLACE_SHORTCUTS, ids=["normal_", "uniform_"])
+def test_meta_shortcuts_of_inplace_fills_agree_with_the_meta_kernels(
+    func: torch._ops.OpOverload, params: list[tuple[object, object]]
+) -> None:
+    from dormant import _record
+
+    op = _record._op(func)
+    assert op.meta_shortcut is not None
+    bases = [torch.empty(s, dtype=d, device="meta") for s in _SHAPES for d in _DTYPES]
+    views = [torch.empty(4, 3, device="meta").t(), torch.empty(4, 6, device="meta")[:, ::2]]
+    for self in bases + views:
+        for args in params:
+            meta_args = (self, *args)
+            before = _geometry(self)
+            got = op.meta_shortcut(_record._bind(op, meta_args, {}), meta_args, {})
+            if got is None:
+                continue  # the kernel runs, and raises what it raises
+            out = func(*meta_args)  # the shortcut must not hide an error
+            assert got is self and _geometry(out) == before == _geometry(self)
+
+
+@pytest.mark.parametrize("default", [torch.float32, torch.float64])
+def test_meta_shortcut_of_randn_agrees_with_the_meta_kernel(default: torch.dtype) -> None:
+    from dormant import _record
+
+    meta = torch.device("meta")
+    dtypes = [None, *_DTYPES, torch.complex64]
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(default)
+    try:
+        for func in (torch.ops.aten.randn.default, torch.ops.aten.randn.generator):
+            op = _record._op(func)
+            assert op.meta_shortcut is not None
+            for shape in _SHAPES:
+                for dtype in dtypes:
+                    kwargs: dict[str, object] = {"dtype": dtype, "device": meta}
+                    if func is torch.ops.aten.randn.generator:
+                        kwargs["generator"] = None
+                    args = (list(shape),)
+                    got = op.meta_shortcut(_record._bind(op, args, kwargs), args, kwargs)
+                    if got is None:
+                        continue
+                    assert _geometry(got) == _geometry(func(*args, **kwargs)), (shape, dtype)
+    finally:
+        torch.set_default_dtype(saved)
+
+
+class _RandomShapes(nn.Module):
+    """randn, normal_ and uniform_ over shapes, dtypes and strides the shortcuts see."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.randn(16))
+        self.b = nn.Parameter(torch.randn(3, 5, dtype=torch.float64))
+        self.c = nn.Parameter(torch.randn(0, 4))
+        self.d = nn.Parameter(torch.empty(4, 6).t())
+        self.e = nn.Parameter(torch.empty(8, 3, dtype=torch.bfloat16))
+        with torch.no_grad():
+            self.d.uniform_(-0.5, 0.5)
+            self.d[:, ::2].uniform_(2, 3)  # not dense: the kernel's path
+            self.e.normal_(0.0, 0.02)
+            self.e.uniform_()
+
+
+def test_random_ops_with_meta_shortcuts_equal_eager() -> None:
+    assert_same(*build_pair(_RandomShapes))
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # randn without a dtype: the default is pinned
+    try:
+        assert_same(*build_pair(_RandomShapes))
+    finally:
+        torch.set_default_dtype(saved)
+
+
+class _EveryFastKind(nn.Module):
+    """Factories, views of one lazy tensor and in-place fills, with the variants each fast path
+    must treat as the general path does (generators, dtypes, out-of-place edits, meta device)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(7)
+        self.lin = nn.Linear(6, 4)
+        self.emb = nn.Embedding(10, 4, padding_idx=2)
+        self.norm = nn.LayerNorm(4)
+        self.conv = nn.Conv2d(2, 3, 3)
+        self.full = nn.Parameter(torch.full((2, 3), 7.0))
+        self.ints = nn.Parameter(torch.zeros(3, dtype=torch.int64), requires_grad=False)
+        self.ranged = nn.Parameter(torch.arange(0, 6, 2.0))
+        self.gen = nn.Parameter(torch.randn(17, generator=g))
+        self.gen_fill = nn.Parameter(torch.empty(20).uniform_(-2, 2, generator=g))
+        self.rand = nn.Parameter(torch.rand(5, dtype=torch.float64))
+        self.bits = nn.Parameter(torch.empty(9).random_(0, 5), requires_grad=False)
+        self.bern = nn.Parameter(torch.empty(8).bernoulli_(0.25), requires_grad=False)
+        self.exp = nn.Parameter(torch.empty(16).exponential_())
+        self.small = nn.Parameter(torch.empty(3).normal_())  # uncounted: runs for its draws
+        with torch.no_grad():
+            self.lin.weight.t()[1:3].zero_()
+            self.lin.weight.view(-1)[:5].fill_(0.5)
+            self.lin.weight.clamp_(-0.3, 0.3)  # reads its target
+            self.full.sqrt_()
+            self.full.data.expand(4, 2, 3)  # a view thrown away
+            self.conv.weight.transpose(0, 1).normal_(0.0, 0.1)
+        self.meta_shape = torch.empty(3, device="meta").shape  # stays meta, unrecorded
+        self.half = self.lin.weight.detach().half()
+
+
+def _describe_graph(module: nn.Module) -> list[object]:
+    """Every node that built the module's tensors, as plain data: storages by first appearance."""
+    from dormant._graph import TensorRef
+
+    ids: dict[int, int] = {}
+
+    def sid(s: object) -> int:
+        return ids.setdefault(id(s), len(ids))
+
+    def arg(x: object) -> object:
+        if isinstance(x, TensorRef):
+            meta = x.meta
+            return ("ref", sid(x.storage), x.version, isinstance(x._storage, weakref.ref),
+                    x.shape_only, _geometry(meta))  # fmt: skip
+        if isinstance(x, torch.Generator):
+            return ("generator", x.initial_seed())
+        return (type(x).__name__, x if not isinstance(x, torch.Tensor) else tuple(x.shape))
+
+    out: list[object] = []
+    seen: set[int] = set()
+    for name, t in [*module.named_parameters(), *module.named_buffers()]:
+        storage = t._lazy_storage
+        out.append((name, sid(storage), storage.nbytes, storage.device))
+        for node in storage.writers:
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            rng = node.rng
+            out.append((
+                node.label, [arg(x) for x in node.flat_args], node.spec,
+                [(sid(r.storage), r.version) for r in node.reads],
+                [(sid(w.storage), w.version, w.keeps_base, w.output_index, arg(w.ref))
+                 for w in node.writes],
+                None if rng is None else (rng.draws, rng.device,
+                                          None if rng.start is None else rng.start.draws),
+            ))  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize("model", [_EveryFastKind, _RandomShapes, WritesThroughViews, Factories])
+def test_fast_paths_record_what_the_general_path_records(
+    model: type[nn.Module], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dormant import _record
+
+    def build(fast: bool) -> tuple[nn.Module, list[object], torch.Tensor]:
+        with monkeypatch.context() as m:
+            m.setattr(_record, "_OPS", {})  # schema facts made again, fast paths on or off
+            if not fast:
+                m.setattr(_record, "_fast_path", lambda op, schema: None)
+            torch.manual_seed(0)
+            with LazyInitContext():
+                module = model()
+            kinds = {op.fast.__name__ for op in _record._OPS.values() if op.fast is not None}
+            all_kinds = {"_record_factory", "_record_view", "_record_fill"}
+            assert kinds == (all_kinds if fast and model is _EveryFastKind else kinds & all_kinds)
+            assert bool(kinds) == fast
+            return module, _describe_graph(module), torch.get_rng_state()
+
+    general, general_graph, general_rng = build(fast=False)
+    fast, fast_graph, fast_rng = build(fast=True)
+    assert fast_graph == general_graph
+    assert torch.equal(fast_rng, general_rng)
+    materialize(general)
+    materialize(fast)
+    assert_same(general, fast)
+
+
+def test_factory_metadata_is_never_reused_for_other_arguments() -> None:
+    # Each pair differs in one argument (or the default dtype) that the remembered metadata of
+    # the first must not answer for the second (see [Note: factory metadata]).
+    calls: list[Callable[[], torch.Tensor]] = [
+        lambda: torch.empty(2, 3),
+        lambda: torch.empty(3, 2),
+        lambda: torch.empty(2, 3, dtype=torch.float64),
+        lambda: torch.empty(6),
+        lambda: torch.empty(2, 3, 4, 5, memory_format=torch.channels_last),
+        lambda: torch.empty_strided((2, 3), (1, 2)),
+        lambda: torch.empty_strided((2, 3), (3, 1)),
+        lambda: torch.full((2,), 1),
+        lambda: torch.full((2,), 1.0),
+        lambda: torch.full((2,), True),
+        lambda: torch.arange(0, 6, 2),
+        lambda: torch.arange(0, 6, 3),
+        lambda: torch.arange(0.0, 1.0, 0.25),
+        lambda: torch.ones(4),
+        lambda: torch.randn(4),
+        lambda: torch.zeros(0, 3),
+    ]
+
+    def geometry(t: torch.Tensor) -> tuple[object, ...]:
+        return (t.shape, t.stride(), t.storage_offset(), t.dtype, t.is_contiguous())
+
+    saved = torch.get_default_dtype()
+    try:
+        for default in (torch.float32, torch.float64, torch.float32):
+            torch.set_default_dtype(default)
+            eager = [geometry(call()) for call in calls]
+            for _ in range(2):  # the second time, from what the first remembered
+                with LazyInitContext():
+                    lazy = [call() for call in calls]
+                assert [geometry(t._meta) for t in lazy] == eager
+                assert [geometry(t) for t in lazy] == eager
+                assert [t._lazy_storage.nbytes for t in lazy] == [
+                    t.untyped_storage().nbytes() for t in (call() for call in calls)
+                ]
+    finally:
+        torch.set_default_dtype(saved)

@@ -184,11 +184,15 @@ _RULES: dict[Any, _Rule] = {
 }
 
 
+# By id: OpOverload hashes in Python, and every recorded random op asks.
+_RULES_BY_ID = {id(op): rule for op, rule in _RULES.items()}
+
+
 def count(op: Any, target: torch.Tensor, bound: dict[str, Any], device: torch.device) -> int | None:
     """32-bit draws ``op`` takes from a CPU generator to fill ``target`` (the meta tensor of its
     output or of the tensor it writes, on ``device``), or None when that is not known without
     running it."""
-    rule = _RULES.get(op)
+    rule = _RULES_BY_ID.get(id(op)) or _RULES.get(op)
     if rule is None or device.type != "cpu":
         return None
     n = target.numel()

@@ -150,14 +150,24 @@ class Write:
 class Node:
     """One recorded op: ``op(*args, **kwargs)`` with lazy tensors replaced by :class:`TensorRef`."""
 
-    __slots__ = ("__weakref__", "flat_args", "label", "op", "reads", "rng", "seq", "spec", "writes")
+    __slots__ = (
+        "__weakref__",
+        "_label",
+        "flat_args",
+        "op",
+        "reads",
+        "rng",
+        "seq",
+        "spec",
+        "writes",
+    )
 
     def __init__(
         self,
         op: Callable[..., Any],
         flat_args: list[Any],
         spec: TreeSpec,
-        label: str,
+        label: str | None = None,
     ) -> None:
         self.seq = next_sequence()
         self.op = op
@@ -166,7 +176,17 @@ class Node:
         self.reads: list[TensorRef] = []
         self.writes: list[Write] = []
         self.rng: Any = None  # an ``_rng.RngStep`` for ops that draw random numbers
-        self.label = label
+        self._label = label
+
+    @property
+    def label(self) -> str:
+        """What reports and errors call the op; by default ``str(op)``, made when first asked
+        (recording makes many nodes, and few are ever named)."""
+        return self._label if self._label is not None else str(self.op)
+
+    @label.setter
+    def label(self, value: str) -> None:
+        self._label = value
 
     def __repr__(self) -> str:
         return f"Node(#{self.seq} {self.label})"

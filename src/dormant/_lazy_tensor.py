@@ -6,8 +6,8 @@ meta kernels. Its values are defined by the op graph (``_graph.py``) through ``_
 
 Most behaviour lives in ``_record.py`` (ops, at the dispatcher). The handful of Python-level
 behaviours that never reach the dispatcher (``.data =``, ``tolist()``, ``repr``, ``deepcopy``,
-pickling, and the ``is_meta`` check of data-dependent ``torch.nn.init`` functions) are handled in
-:meth:`LazyTensor.__torch_function__`, each by one small function registered in a table.
+pickling, and the ``is_meta`` check of data-dependent ``torch.nn.init`` functions) are attributes
+of the class, each one small function: see [Note: Python-level behaviours].
 """
 
 from __future__ import annotations
@@ -48,6 +48,17 @@ recorder: Recorder = cast(Recorder, None)  # set by _record
 INTERNAL_ATTRS = frozenset({"_meta", "_lazy_storage", "_is_param"})
 
 
+def _forcing(method: Callable[..., Any]) -> Callable[..., Any]:
+    """``method`` of torch.Tensor, called on the exact value of the lazy tensor."""
+
+    def forced(self: LazyTensor, *args: Any, **kwargs: Any) -> Any:
+        return _force_then(method, (self, *args), kwargs)
+
+    forced.__name__ = forced.__qualname__ = method.__name__
+    forced.__doc__ = method.__doc__
+    return forced
+
+
 class LazyTensor(torch.Tensor):
     """A tensor whose values are computed later, by :func:`dormant.materialize`."""
 
@@ -81,20 +92,47 @@ class LazyTensor(torch.Tensor):
         # ``torch.Tensor(4)`` (a legacy constructor): there is nothing to do with them.
         super().__init__()
 
-    @classmethod
-    def __torch_function__(
-        cls,
-        func: Callable[..., Any],
-        types: Any,
-        args: tuple[Any, ...] = (),
-        kwargs: dict[str, Any] | None = None,
-    ) -> Any:
-        kwargs = kwargs or {}
-        handler = _python_handlers.get(_handler_key(func))
-        if handler is not None:
-            return handler(func, args, kwargs)
-        with torch._C.DisableTorchFunctionSubclass():
-            return func(*args, **kwargs)
+    # No torch-function layer: calls go to the dispatcher as for a plain tensor.
+    __torch_function__ = torch._C._disabled_torch_function_impl  # type: ignore[assignment]
+
+    # --- Python-level behaviours: see [Note: Python-level behaviours] --------------------------
+
+    @property  # type: ignore[override]
+    def data(self) -> torch.Tensor:
+        return _DATA.__get__(self)  # type: ignore[no-any-return]
+
+    @data.setter
+    def data(self, value: torch.Tensor) -> None:
+        recorder.assign_data(self, value)
+
+    @property
+    def is_meta(self) -> bool:  # type: ignore[override]
+        # Data-dependent torch.nn.init functions ask ``is_meta`` first and return early when it
+        # is True; answering True there lets dormant record the whole call instead (see _record).
+        return recorder.defer_library_init(self)
+
+    def __repr__(self, *, tensor_contents: Any = None) -> str:  # type: ignore[override]
+        return _repr(self, tensor_contents)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> torch.Tensor:
+        return _deepcopy(self, memo)
+
+    def __reduce_ex__(self, proto: Any) -> Any:
+        raise LazyTensorError(
+            f"cannot pickle or torch.save a lazy {describe(self)}: call "
+            "dormant.materialize(module) first",
+            tensor=describe(self),
+            op="pickle",
+        )
+
+    # Whatever reads the bytes: computed now (early materialization), then read.
+    tolist = _forcing(torch.Tensor.tolist)
+    numpy = _forcing(torch.Tensor.numpy)
+    __array__ = _forcing(torch.Tensor.__array__)
+    data_ptr = _forcing(torch.Tensor.data_ptr)
+    untyped_storage = _forcing(torch.Tensor.untyped_storage)
+    _typed_storage = _forcing(torch.Tensor._typed_storage)
+    storage = _forcing(torch.Tensor.storage)
 
     @classmethod
     def __torch_dispatch__(  # type: ignore[override]
@@ -114,48 +152,18 @@ def describe(t: torch.Tensor) -> str:
     return f"tensor of shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
 
 
-# --- Python-level behaviours -----------------------------------------------------------------
+# [Note: Python-level behaviours]
+# A few behaviours of a lazy tensor never reach the dispatcher: assigning ``.data``, the
+# ``is_meta`` question of data-dependent torch.nn.init functions, reading the bytes (``tolist``,
+# ``numpy``, ``data_ptr``, storages), ``repr``, ``deepcopy`` and pickling. They are properties and
+# methods of the class that shadow ``torch.Tensor``'s, and LazyTensor has no
+# ``__torch_function__``: one would put a Python call in front of every Python-level use of a
+# lazy tensor (``.shape``, ``.dim()``, and each torch.nn.init call, through
+# ``handle_torch_function``), about a tenth of the time recording a model took. PyTorch's own
+# Python methods that call these on ``self`` (``is_shared`` reads ``_typed_storage``) reach
+# them too, and get the value rather than an error about a tensor without storage.
 
-_python_handlers: dict[Any, Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]] = {}
-
-
-def _handler_key(func: Any) -> Any:
-    # Property accessors arrive as fresh method-wrappers; key them by their descriptor.
-    owner = getattr(func, "__self__", None)
-    if owner is not None and type(owner).__name__ == "getset_descriptor":
-        return (owner, func.__name__)
-    return func
-
-
-def _implements(*keys: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-        for key in keys:
-            _python_handlers[key] = fn
-        return fn
-
-    return register
-
-
-_data = torch._C.TensorBase.data
-_is_meta = torch._C.TensorBase.is_meta
-
-
-@_implements((_data, "__set__"))
-def _set_data(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    target, value = args
-    if not isinstance(target, LazyTensor):
-        raise TypeError(
-            f"cannot assign a lazy tensor to the .data of a real tensor ({describe(target)}): "
-            "create the tensor inside LazyInitContext, or materialize the lazy one first"
-        )
-    recorder.assign_data(target, value)
-
-
-@_implements((_is_meta, "__get__"))
-def _get_is_meta(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
-    # Data-dependent torch.nn.init functions ask ``is_meta`` first and return early when it is
-    # True; answering True there lets dormant record the whole call instead (see _record).
-    return recorder.defer_library_init(args[0])
+_DATA: Any = torch._C.TensorBase.data
 
 
 def _force_then(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -167,26 +175,18 @@ def _force_then(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any
         return func(*real_args, **kwargs)
 
 
-for _method in ("tolist", "numpy", "__array__", "data_ptr", "untyped_storage", "_typed_storage"):
-    _python_handlers[getattr(torch.Tensor, _method)] = _force_then
-_python_handlers[torch.Tensor.storage] = _force_then
-
-
-@_implements(torch.Tensor.__repr__)
-def _repr(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    t = args[0]
+def _repr(t: LazyTensor, tensor_contents: Any) -> str:
     if recording_active():
-        return str(_force_then(func, args, kwargs))
+        kwargs = {} if tensor_contents is None else {"tensor_contents": tensor_contents}
+        return str(_force_then(torch.Tensor.__repr__, (t,), kwargs))
     kind = "LazyParameter" if isinstance(t, torch.nn.Parameter) else "LazyTensor"
     grad = ", requires_grad=True" if t.requires_grad else ""
     return f"{kind}(shape={tuple(t.shape)}, dtype={t.dtype}, device={t.device}{grad})"
 
 
-@_implements(torch.Tensor.__deepcopy__)
-def _deepcopy(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
-    t, memo = args[0], args[1] if len(args) > 1 else kwargs.get("memo", {})
+def _deepcopy(t: LazyTensor, memo: dict[int, Any]) -> torch.Tensor:
     if id(t) in memo:
-        return memo[id(t)]
+        return memo[id(t)]  # type: ignore[no-any-return]
     with torch.no_grad():
         new: torch.Tensor = t.clone()  # recorded: the copy is lazy too
     if isinstance(t, torch.nn.Parameter):
@@ -198,16 +198,6 @@ def _deepcopy(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch
             setattr(new, key, copy.deepcopy(value, memo))
     memo[id(t)] = new
     return new
-
-
-@_implements(torch.Tensor.__reduce_ex__)
-def _reduce_ex(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    raise LazyTensorError(
-        f"cannot pickle or torch.save a lazy {describe(args[0])}: call "
-        "dormant.materialize(module) first",
-        tensor=describe(args[0]),
-        op="pickle",
-    )
 
 
 def _reparameter(data: torch.Tensor, attrs: dict[str, Any]) -> Any:

@@ -41,6 +41,8 @@ class MappedFile:
 def mapped_file(address: int) -> MappedFile | None:
     """The regular file mapped at ``address`` in this process, if any."""
     global _last
+    if address == 0:
+        return None  # a null data pointer: an empty storage, no bytes (and no need to read maps)
     if _last is None or not _last[0] <= address < _last[1]:
         _last = _find(address)
     if _last is None or not _last[2].startswith("/"):

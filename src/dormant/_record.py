@@ -24,6 +24,7 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from . import _draws, _lazy_tensor, _rng
+from ._flat import ArgLayout, flatten, unflatten
 from ._graph import (
     Constant,
     DeferredCall,
@@ -136,32 +137,105 @@ def _is_random(packet: torch._ops.OpOverloadPacket) -> bool:
     return False
 
 
-@functools.cache
-def _schema_info(func: torch._ops.OpOverload) -> tuple[list[str], set[str], list[Any]]:
-    """Argument names, names of mutated arguments, and alias sets of the returns."""
-    schema = func._schema
-    names = [a.name for a in schema.arguments]
-    mutated = {
-        a.name for a in schema.arguments if a.alias_info is not None and a.alias_info.is_write
-    }
-    returns = [r.alias_info for r in schema.returns]
-    return names, mutated, returns
-
-
-def _bind(
-    func: torch._ops.OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> dict[str, Any]:
-    names, _, _ = _schema_info(func)
-    bound = dict(zip(names, args))
-    bound.update(kwargs)
-    return bound
-
-
 def _aliased_arg(func: torch._ops.OpOverload, alias_info: Any) -> str | None:
     for arg in func._schema.arguments:
         if arg.alias_info is not None and arg.alias_info.before_set & alias_info.before_set:
             return arg.name
     return None
+
+
+def _returns_values(schema: torch._C.FunctionSchema) -> bool:
+    """Whether the op returns Python values (``.item()``, ``equal``) rather than tensors, or
+    nothing at all while mutating nothing: a check on values (``_linalg_check_errors``) that
+    must run now to raise where eager raises."""
+    if not schema.returns:
+        return not any(a.alias_info is not None and a.alias_info.is_write for a in schema.arguments)
+    return any("Tensor" not in str(r.type) for r in schema.returns)
+
+
+# Meta results known without running the meta kernel: see [Note: meta shortcuts]. Each takes the
+# bound arguments and the meta arguments, and returns the meta output, or None to run the kernel.
+_MetaShortcut = Callable[[dict[str, Any], tuple[Any, ...], dict[str, Any]], Any]
+
+
+class _Op:
+    """What recording needs to know about one ``OpOverload``, read from its schema once."""
+
+    __slots__ = (
+        "alias_args",
+        "factory_schema",
+        "fast",
+        "forward",
+        "func",
+        "has_device",
+        "has_dtype",
+        "is_like",
+        "is_random",
+        "is_view",
+        "meta_shortcut",
+        "metadata_inplace",
+        "metadata_query",
+        "mutated",
+        "names",
+        "returns",
+        "returns_values",
+        "shape_only",
+        "special",
+        "view_source",
+        "write_only",
+    )
+
+    def __init__(self, func: torch._ops.OpOverload) -> None:
+        packet = func.overloadpacket
+        schema = func._schema
+        self.func = func
+        self.special = _SPECIAL.get(packet)
+        self.names = [a.name for a in schema.arguments]
+        # Names of mutated arguments, and alias sets of the returns (with the argument each
+        # aliases).
+        self.mutated = {
+            a.name for a in schema.arguments if a.alias_info is not None and a.alias_info.is_write
+        }
+        self.returns = [r.alias_info for r in schema.returns]
+        self.alias_args = [_aliased_arg(func, r) if r is not None else None for r in self.returns]
+        self.returns_values = _returns_values(schema)
+        self.factory_schema = bool(schema.returns) and not self.returns_values
+        self.is_view = (
+            not self.mutated and bool(self.returns) and all(r is not None for r in self.returns)
+        )
+        # Views share the storage of the argument their first output aliases.
+        self.view_source: str = (self.alias_args[0] if self.returns else None) or (
+            self.names[0] if self.names else ""
+        )
+        self.is_random = _is_random(packet)
+        self.write_only = packet in _WRITE_ONLY
+        self.shape_only = packet in _SHAPE_ONLY
+        self.metadata_inplace = packet in _METADATA_INPLACE
+        self.metadata_query = packet in _METADATA_QUERIES
+        self.forward = packet in _FORWARD_OPS
+        self.is_like = packet.__name__.endswith("_like")
+        self.has_device = "device" in self.names
+        self.has_dtype = "dtype" in self.names
+        self.meta_shortcut: _MetaShortcut | None = _META_SHORTCUTS.get(func)
+        self.fast: _FastPath | None = _fast_path(self, schema)
+
+
+# Keyed by ``id``: OpOverload hashes in Python, and every op would pay for it. The _Op holds its
+# OpOverload, so the id stays its own.
+_OPS: dict[int, _Op] = {}
+
+
+def _op(func: torch._ops.OpOverload) -> _Op:
+    op = _OPS.get(id(func))
+    if op is None:
+        op = _OPS[id(func)] = _Op(func)
+    return op
+
+
+def _bind(op: _Op, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    bound = dict(zip(op.names, args))
+    bound.update(kwargs)
+    return bound
 
 
 def _to_meta(x: Any) -> Any:
@@ -174,6 +248,8 @@ def _to_meta(x: Any) -> Any:
 
 def _is_dense(meta: torch.Tensor) -> bool:
     """Whether the elements of ``meta`` fill a contiguous block, each exactly once."""
+    if meta.numel() and meta.is_contiguous():
+        return True  # the common case, without sorting the strides (empty tensors: below)
     expected = 1
     for size, stride in sorted(zip(meta.shape, meta.stride()), key=lambda d: d[1]):
         if size == 1:
@@ -215,42 +291,29 @@ def _output_device(bound: dict[str, Any], tensors: list[torch.Tensor]) -> torch.
 # --- entry points ------------------------------------------------------------------------------
 
 
-@functools.cache
-def _returns_values(func: torch._ops.OpOverload) -> bool:
-    """Whether the op returns Python values (``.item()``, ``equal``) rather than tensors, or
-    nothing at all while mutating nothing: a check on values (``_linalg_check_errors``) that
-    must run now to raise where eager raises."""
-    schema = func._schema
-    if not schema.returns:
-        return not any(a.alias_info is not None and a.alias_info.is_write for a in schema.arguments)
-    return any("Tensor" not in str(r.type) for r in schema.returns)
-
-
-@functools.cache
-def _is_factory_schema(func: torch._ops.OpOverload) -> bool:
-    return bool(func._schema.returns) and not _returns_values(func)
-
-
 def record_op(
     func: torch._ops.OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any], *, in_context: bool
 ) -> Any:
     """Record ``func(*args, **kwargs)`` lazily, or run it for real when it touches nothing lazy."""
-    packet = func.overloadpacket
-    special = _SPECIAL.get(packet)
-    if special is not None:
-        return special(func, args, kwargs, in_context)
-    flat = tree_flatten((args, kwargs))[0]
+    op = _OPS.get(id(func)) or _op(func)
+    if op.fast is not None:
+        out = op.fast(op, args, kwargs, in_context)
+        if out is not _SLOW:
+            return out
+    if op.special is not None:
+        return op.special(func, args, kwargs, in_context)
+    flat, layout = flatten(args, kwargs)
     tensors = [x for x in flat if isinstance(x, torch.Tensor)]
     lazy = [x for x in tensors if isinstance(x, LazyTensor)]
     if not lazy:
         # Real inputs only: a factory inside the context is lazy, anything else runs for real.
         device = kwargs.get("device")
         to_meta = device is not None and torch.device(device).type == "meta"
-        if to_meta or not (in_context and _creates_tensor(func, tensors, device)):
-            if in_context and not to_meta and _is_random(packet):
-                _draw_for_real(func, args, kwargs, tensors)
+        if to_meta or not (in_context and _creates_tensor(op, tensors, device)):
+            if in_context and not to_meta and op.is_random:
+                _draw_for_real(op, args, kwargs, tensors)
             return func(*args, **kwargs)
-    if not in_context and packet in _FORWARD_OPS:
+    if not in_context and op.forward:
         raise LazyTensorError(
             f"{func} on a lazy {describe(lazy[0])} outside LazyInitContext: this looks like a "
             "forward pass (or a training step) on a model that was never materialized; call "
@@ -258,55 +321,50 @@ def record_op(
             tensor=describe(lazy[0]),
             op=str(func),
         )
-    if packet in _METADATA_INPLACE:
+    if op.metadata_inplace:
         raise UnsupportedOpError(
             f"{func} changes the metadata of a lazy {describe(lazy[0])} in place, which dormant "
             "cannot record; use the out-of-place form (for example .t() instead of .t_())",
             op=str(func),
         )
-    if _returns_values(func) and packet not in _METADATA_QUERIES:
+    if op.returns_values and not op.metadata_query:
         return _run_forced(func, args, kwargs, in_context)
-    if _writes_real_tensor(func, args, kwargs):
+    if op.mutated and _writes_real_tensor(op, args, kwargs):
         # ``real.copy_(lazy)``: the real tensor must hold the value now.
         return _run_forced(func, args, kwargs, in_context)
-    return _record(func, args, kwargs, tensors)
+    return _record(op, args, kwargs, flat, layout, tensors)
 
 
-def _creates_tensor(func: torch._ops.OpOverload, tensors: list[torch.Tensor], device: Any) -> bool:
+def _creates_tensor(op: _Op, tensors: list[torch.Tensor], device: Any) -> bool:
     """A factory: plain, or one that reads only the shape of real tensors
     (``torch.randn_like(real)``), or a ``*_like`` factory that moves a meta tensor's shape to a
     real device (``torch.empty_like(meta_param, device="cpu")``, as libraries do for keys a
     checkpoint lacks)."""
     if not tensors:
-        return _is_factory_schema(func)
+        return op.factory_schema
     on_meta = [t.device.type == "meta" for t in tensors]
-    if func.overloadpacket in _SHAPE_ONLY and not any(on_meta):
+    if op.shape_only and not any(on_meta):
         return True
-    return device is not None and func.overloadpacket.__name__.endswith("_like") and all(on_meta)
+    return device is not None and op.is_like and all(on_meta)
 
 
 def _draw_for_real(
-    func: torch._ops.OpOverload,
+    op: _Op,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     tensors: list[torch.Tensor],
 ) -> None:
     """A random op on real tensors inside the context draws now, from where eager's generator
     would stand after the random ops recorded so far."""
-    bound = _bind(func, args, kwargs)
+    bound = _bind(op, args, kwargs)
     device = _output_device(bound, tensors)
     if device.type != "meta":  # meta tensors draw nothing
         _rng.place_for_real_draw(bound.get("generator"), device, run_for_draws)
 
 
-def _writes_real_tensor(
-    func: torch._ops.OpOverload, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> bool:
-    _, mutated, _ = _schema_info(func)
-    if not mutated:
-        return False
-    bound = _bind(func, args, kwargs)
-    for name in mutated:
+def _writes_real_tensor(op: _Op, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    bound = _bind(op, args, kwargs)
+    for name in op.mutated:
         value = bound.get(name)
         for t in value if isinstance(value, (list, tuple)) else [value]:
             if isinstance(t, torch.Tensor) and not isinstance(t, LazyTensor):
@@ -314,57 +372,298 @@ def _writes_real_tensor(
     return False
 
 
+_META = torch.device("meta")
+
+
 def _record(
-    func: torch._ops.OpOverload,
+    op: _Op,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    flat: list[Any],
+    layout: ArgLayout,
     tensors: list[torch.Tensor],
 ) -> Any:
-    names, _, _ = _schema_info(func)
-    bound = _bind(func, args, kwargs)
+    """Record one op; ``flat`` and ``layout`` are ``(args, kwargs)`` flattened."""
+    func = op.func
+    bound = _bind(op, args, kwargs)
     device = _output_device(bound, tensors)
-    meta_args, meta_kwargs = tree_unflatten(*_map_flat(_to_meta, (args, kwargs)))
-    if "device" in names and (not tensors or meta_kwargs.get("device") is not None):
-        meta_kwargs["device"] = torch.device("meta")
+    meta_args, meta_kwargs = unflatten([_to_meta(x) for x in flat], layout)
+    if op.has_device and (not tensors or meta_kwargs.get("device") is not None):
+        meta_kwargs["device"] = _META
     meta_kwargs.pop("pin_memory", None)
     if meta_kwargs.get("generator") is not None:
         meta_kwargs["generator"] = None  # shapes never depend on it; some meta kernels refuse it
     forced_out = None
     try:
-        if _is_plain_normal_(func, bound):
-            # The meta kernel of normal_ is a slow Python decomposition, and the result is self.
-            meta_out = meta_args[0]
-        else:
+        shortcut = op.meta_shortcut
+        meta_out = shortcut(bound, meta_args, meta_kwargs) if shortcut is not None else None
+        if meta_out is None:
             meta_out = func(*meta_args, **meta_kwargs)
     except NotImplementedError:
         # No meta kernel: compute the op for real (exactly, through replay) and keep its result.
         forced_out = _run_forced(func, args, kwargs, True)
         meta_out = tree_unflatten(*_map_flat(_meta_of_output, forced_out))
-    if _is_view_op(func):
-        return _wrap_views(func, bound, meta_out)
-    if device.type == "meta" and not _schema_info(func)[1]:
+    if op.is_view:
+        return _wrap_views(op, bound, meta_out)
+    if device.type == "meta" and not op.mutated:
         return meta_out  # ``lazy.to("meta")``: a meta tensor, as eager gives; nothing to compute
     if not tensors:
         # Pin the factory's defaults so replay does not depend on global settings then.
-        first = tree_flatten(meta_out)[0][0]
+        first = meta_out if isinstance(meta_out, torch.Tensor) else tree_flatten(meta_out)[0][0]
         kwargs = dict(kwargs)
-        if "dtype" in names and kwargs.get("dtype") is None:
+        if op.has_dtype and kwargs.get("dtype") is None:
             kwargs["dtype"] = first.dtype
-        if "device" in names:
+        if op.has_device:
             kwargs["device"] = device
         kwargs.pop("pin_memory", None)
-        bound = _bind(func, args, kwargs)
-    flat, spec = tree_flatten((args, kwargs))
-    return _add_node(func, flat, spec, bound, meta_out, device, forced_out)
+        bound = _bind(op, args, kwargs)
+        flat, layout = flatten(args, kwargs)
+    return _add_node(op, flat, layout, bound, meta_out, device, forced_out)
 
 
-def _is_plain_normal_(func: torch._ops.OpOverload, bound: dict[str, Any]) -> bool:
-    """``t.normal_(mean, std)`` that eager would accept (anything else takes the meta kernel,
-    which raises eager's errors)."""
-    if func is not aten.normal_.default:
-        return False
+# [Note: fast paths]
+# Model construction is mostly three kinds of op: factories (``empty``, ``ones``, ``randn``),
+# views of one lazy tensor (``detach`` for every ``nn.Parameter``) and in-place fills of one lazy
+# tensor (``uniform_``, ``normal_``, ``fill_``, ``zero_``). For each kind, the schema alone tells
+# which steps of ``record_op`` and ``_record`` can matter: a fast path runs just those, in the same
+# order, with the same effects (the same node, flat arguments, spec, writes and random step). It
+# answers ``_SLOW`` for what it does not cover (a real tensor, a meta device, no meta kernel), and
+# the general path then takes the op from the start: nothing was recorded yet.
+
+_SLOW: Any = object()
+_FastPath = Callable[["_Op", tuple[Any, ...], dict[str, Any], bool], Any]
+
+
+def _fast_path(op: _Op, schema: torch._C.FunctionSchema) -> _FastPath | None:
+    """The fast path for ``op``'s kind, from its schema, or None."""
+    if op.special is not None or op.forward or op.metadata_query or op.shape_only:
+        return None
+    if op.metadata_inplace or op.returns_values or len(schema.returns) != 1:
+        return None
+    if str(schema.returns[0].type) != "Tensor":
+        return None
+    arguments = schema.arguments
+    first_is_tensor = bool(arguments) and str(arguments[0].type) == "Tensor"
+    rest = arguments[1:] if first_is_tensor else arguments
+    if any("Tensor" in str(a.type) for a in rest):
+        return None  # another tensor argument: the general path
+    if {"device", "pin_memory"} & set(op.names[1:] if first_is_tensor else ()):
+        return None
+    if not first_is_tensor:
+        return _record_factory if op.factory_schema and not op.mutated else None
+    if op.is_view and op.view_source == op.names[0] and "generator" not in op.names:
+        return _record_view
+    if (
+        op.mutated == {op.names[0]}
+        and op.alias_args[0] == op.names[0]
+        and op.returns[0] is not None
+        and op.returns[0].is_write
+        and not any("List" in str(a.type) for a in arguments)
+    ):
+        return _record_fill
+    return None
+
+
+def _record_view(op: _Op, args: tuple[Any, ...], kwargs: dict[str, Any], in_context: bool) -> Any:
+    """A view of one lazy tensor (``detach``, ``t``, ``view``): a lazy tensor over its storage."""
+    x = args[0] if args else None
+    if not isinstance(x, LazyTensor):
+        return _SLOW
+    try:
+        meta_out = op.func(x._meta, *args[1:], **kwargs)
+    except NotImplementedError:
+        return _SLOW
+    return LazyTensor(meta_out, x._lazy_storage)
+
+
+def _record_fill(op: _Op, args: tuple[Any, ...], kwargs: dict[str, Any], in_context: bool) -> Any:
+    """An in-place op on one lazy tensor, with no other tensor argument (``uniform_``,
+    ``fill_``, ``zero_``): one node that writes its storage."""
+    x = args[0] if args else None
+    if not isinstance(x, LazyTensor):
+        return _SLOW
+    func = op.func
+    bound = _bind(op, args, kwargs)
+    device = x.device
+    meta_args = (x._meta, *args[1:])
+    meta_kwargs = dict(kwargs)
+    if meta_kwargs.get("generator") is not None:
+        meta_kwargs["generator"] = None
+    try:
+        shortcut = op.meta_shortcut
+        meta_out = shortcut(bound, meta_args, meta_kwargs) if shortcut is not None else None
+        if meta_out is None:
+            meta_out = func(*meta_args, **meta_kwargs)
+    except NotImplementedError:
+        return _SLOW
+    flat, layout = flatten(args, kwargs)
+    s = x._lazy_storage
+    node = Node(func, [], layout.spec)
+    ref = TensorRef(s, x._meta, s.version, weak=True)
+    node.flat_args = [ref, *flat[1:]]
+    blind = op.write_only or op.names[0] == "out"
+    if not blind:
+        node.reads.append(ref)
+    s.add_write(node, ref=ref, keeps_base=not (blind and _covers_storage(x._meta, s)))
+    if op.is_random:
+        _attach_rng(node, bound, device, _draws.count(func, meta_out, bound, device))
+    return x
+
+
+def _record_factory(
+    op: _Op, args: tuple[Any, ...], kwargs: dict[str, Any], in_context: bool
+) -> Any:
+    """A factory (``empty``, ``ones``, ``randn``) inside the context: one node, one new storage."""
+    if not in_context:
+        return _SLOW
+    device_arg = kwargs.get("device")
+    if device_arg is not None and torch.device(device_arg).type == "meta":
+        return _SLOW
+    func = op.func
+    bound = _bind(op, args, kwargs)
+    device = _output_device(bound, [])
+    meta_kwargs = dict(kwargs)
+    if op.has_device:
+        meta_kwargs["device"] = _META
+    meta_kwargs.pop("pin_memory", None)
+    if meta_kwargs.get("generator") is not None:
+        meta_kwargs["generator"] = None
+    key = _factory_key(op, args, meta_kwargs)
+    known = _FACTORY_META.get(key) if key is not None else None
+    if known is not None:
+        size, stride, dtype, nbytes = known
+        meta_out = torch.empty_strided(size, stride, dtype=dtype, device=_META)
+    else:
+        try:
+            shortcut = op.meta_shortcut
+            made = shortcut(bound, args, meta_kwargs) if shortcut is not None else None
+            meta_out = made if made is not None else func(*args, **meta_kwargs)
+        except NotImplementedError:
+            return _SLOW
+        nbytes = meta_out.untyped_storage().nbytes()
+        if key is not None:
+            _remember_factory_meta(key, meta_out, nbytes)
+    if device.type == "meta":
+        return meta_out
+    # Pin the factory's defaults so replay does not depend on global settings then.
+    kwargs = dict(kwargs)
+    if op.has_dtype and kwargs.get("dtype") is None:
+        kwargs["dtype"] = meta_out.dtype
+    if op.has_device:
+        kwargs["device"] = device
+    kwargs.pop("pin_memory", None)
+    flat, layout = flatten(args, kwargs)
+    node = Node(func, flat, layout.spec)
+    storage = LazyStorage(nbytes, device)
+    ref = TensorRef(storage, meta_out, 1, weak=True)
+    storage.add_write(node, ref=ref, output_index=0, keeps_base=False)
+    out = LazyTensor(meta_out, storage)
+    if op.is_random:
+        bound = _bind(op, args, kwargs)
+        _attach_rng(node, bound, device, _draws.count(func, meta_out, bound, device))
+    return out
+
+
+# [Note: factory metadata]
+# A factory's meta output depends only on its arguments (with the device already meta, the
+# generator dropped) and on the default dtype: no tensor goes in. Models make the same few
+# shapes over and over, so the first result of each call is remembered (size, strides, dtype,
+# storage bytes) and later ones are made with ``empty_strided``: 1 us against 3 us for
+# ``empty``'s kernel and 5-20 us for decompositions (``ones``, ``full``, ``randn``). Only plain
+# arguments make a key (numbers tagged with their type, since ``full((2,), 1)`` and
+# ``full((2,), 1.0)`` differ in dtype; lists of ints; dtypes, devices, layouts, memory formats,
+# strings, None), only results ``empty_strided`` rebuilds exactly are remembered, and failures
+# never are: the kernel raises its error at every such call.
+
+_FACTORY_META: dict[tuple[Any, ...], tuple[torch.Size, tuple[int, ...], torch.dtype, int]] = {}
+_FACTORY_META_SIZE = 4096
+_KEY_TYPES = frozenset(
+    {int, float, bool, complex, str, type(None), torch.dtype, torch.device, torch.layout}
+    | {torch.memory_format}
+)
+
+
+def _factory_key(op: _Op, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
+    key: list[Any] = [id(op), torch.get_default_dtype(), tuple(kwargs)]
+    for value in (*args, *kwargs.values()):
+        kind = type(value)
+        if kind is list:
+            if not all(type(n) is int for n in value):
+                return None
+            key.append(tuple(value))
+        elif kind in _KEY_TYPES:
+            key.append((kind, value))
+        else:
+            return None
+    return tuple(key)
+
+
+def _remember_factory_meta(key: tuple[Any, ...], meta: torch.Tensor, nbytes: int) -> None:
+    if (
+        type(meta) is not torch.Tensor
+        or meta.layout != torch.strided
+        or meta.storage_offset() != 0
+        or meta.requires_grad
+        or meta.is_conj()
+        or meta.is_neg()
+        or any(name is not None for name in getattr(meta, "names", ()))  # named tensors
+    ):
+        return
+    size, stride, dtype = meta.shape, meta.stride(), meta.dtype
+    again = torch.empty_strided(size, stride, dtype=dtype, device=_META)
+    if again.untyped_storage().nbytes() == nbytes:
+        if len(_FACTORY_META) >= _FACTORY_META_SIZE:
+            _FACTORY_META.clear()  # shapes of earlier models: start again
+        _FACTORY_META[key] = (size, stride, dtype, nbytes)
+
+
+# [Note: meta shortcuts]
+# Some meta kernels are Python decompositions that cost far more than recording the op
+# (``normal_``: ~180 us, ``randn``: ~20 us, ``uniform_``: ~14 us, against ~1 us for a C++ meta
+# kernel). Where the result is plain (the tensor itself for an in-place fill, a contiguous empty
+# tensor for a random factory) and the arguments are ones the kernel accepts, the shortcut gives
+# that result directly; anything else (a dtype or value the kernel might refuse) runs the kernel,
+# which raises eager's error. ``test_record`` checks each shortcut against its kernel.
+
+
+def _plain_normal_(bound: dict[str, Any], meta_args: Any, meta_kwargs: Any) -> Any:
+    """``t.normal_(mean, std)`` that eager would accept: the result is ``t``."""
     std = bound.get("std", 1.0)
-    return bound["self"].dtype.is_floating_point and isinstance(std, (int, float)) and std >= 0
+    ok = bound["self"].dtype.is_floating_point and isinstance(std, (int, float)) and std >= 0
+    return meta_args[0] if ok else None
+
+
+def _plain_uniform_(bound: dict[str, Any], meta_args: Any, meta_kwargs: Any) -> Any:
+    """``t.uniform_(low, high)`` on a dense floating tensor: the result is ``t``."""
+    low, high = bound.get("from", 0.0), bound.get("to", 1.0)
+    self = meta_args[0]
+    ok = (
+        self.dtype.is_floating_point
+        and type(low) in (int, float)
+        and type(high) in (int, float)
+        and _is_dense(self)
+    )
+    return self if ok else None
+
+
+def _plain_randn(bound: dict[str, Any], meta_args: Any, meta_kwargs: Any) -> Any:
+    """``randn(size)`` of a floating dtype, strided: a contiguous empty tensor of that size."""
+    size = bound["size"]
+    dtype = meta_kwargs.get("dtype") or torch.get_default_dtype()
+    ok = (
+        dtype.is_floating_point
+        and meta_kwargs.get("layout") in (None, torch.strided)
+        and all(type(n) is int and n >= 0 for n in size)
+    )
+    return torch.empty(size, dtype=dtype, device=_META) if ok else None
+
+
+_META_SHORTCUTS: dict[Any, _MetaShortcut] = {
+    aten.normal_.default: _plain_normal_,
+    aten.uniform_.default: _plain_uniform_,
+    aten.randn.default: _plain_randn,
+    aten.randn.generator: _plain_randn,
+}
 
 
 def _map_flat(fn: Callable[[Any], Any], tree: Any) -> tuple[list[Any], Any]:
@@ -376,17 +675,11 @@ def _meta_of_output(x: Any) -> Any:
     return meta_like(x) if isinstance(x, torch.Tensor) else x
 
 
-@functools.cache
-def _is_view_op(func: torch._ops.OpOverload) -> bool:
-    _, mutated, returns = _schema_info(func)
-    return not mutated and bool(returns) and all(r is not None for r in returns)
-
-
-def _wrap_views(func: torch._ops.OpOverload, bound: dict[str, Any], meta_out: Any) -> Any:
+def _wrap_views(op: _Op, bound: dict[str, Any], meta_out: Any) -> Any:
     """Outputs of view ops share their input's lazy storage; nothing is recorded."""
-    _, _, returns = _schema_info(func)
-    source = bound[_aliased_arg(func, returns[0]) or func._schema.arguments[0].name]
-    storage = source._lazy_storage
+    storage = bound[op.view_source]._lazy_storage
+    if isinstance(meta_out, torch.Tensor):
+        return LazyTensor(meta_out, storage)
 
     def wrap(m: Any) -> Any:
         return LazyTensor(m, storage) if isinstance(m, torch.Tensor) else m
@@ -395,30 +688,28 @@ def _wrap_views(func: torch._ops.OpOverload, bound: dict[str, Any], meta_out: An
 
 
 def _add_node(
-    func: Any,
+    op: _Op,
     flat: list[Any],
-    spec: Any,
+    layout: ArgLayout,
     bound: dict[str, Any],
     meta_out: Any,
     device: torch.device,
     forced_out: Any,
 ) -> Any:
-    packet = func.overloadpacket
-    _, mutated_names, returns = _schema_info(func)
-    write_only = packet in _WRITE_ONLY
+    func = op.func
+    mutated_names = op.mutated
 
     # Which argument each flat position belongs to: writes are per argument, not per tensor
     # (``x.copy_(x)`` writes its first argument and reads its second).
-    args, kwargs = tree_unflatten(flat, spec)
-    arg_names = _flat_arg_names(func, args, kwargs)
     written: dict[int, tuple[LazyTensor, bool]] = {}  # flat position -> (tensor, write-only)
-    for i, (x, name) in enumerate(zip(flat, arg_names)):
-        if isinstance(x, LazyTensor) and name in mutated_names:
-            written[i] = (x, write_only or name == "out")
+    if mutated_names:
+        for i, (x, name) in enumerate(zip(flat, _flat_arg_names(op, flat, layout))):
+            if isinstance(x, LazyTensor) and name in mutated_names:
+                written[i] = (x, op.write_only or name == "out")
     written_storages = {id(t._lazy_storage) for t, _ in written.values()}
 
-    node = Node(func, [], spec, str(func))
-    shape_only = packet in _SHAPE_ONLY
+    node = Node(func, [], layout.spec)
+    shape_only = op.shape_only
     for i, x in enumerate(flat):
         if not isinstance(x, LazyTensor):
             node.flat_args.append(_held(x) if not shape_only else x)
@@ -438,15 +729,20 @@ def _add_node(
         s.add_write(node, ref=node.flat_args[i], keeps_base=keeps_base)
 
     # Outputs: aliases of mutated arguments return the argument itself; fresh ones get storages.
-    out_flat, out_spec = tree_flatten(meta_out)
+    if isinstance(meta_out, torch.Tensor):
+        out_flat, out_spec, out_returns = [meta_out], None, [0]
+    else:
+        out_flat, out_spec = tree_flatten(meta_out)
+        out_returns = _return_per_leaf(meta_out, op.returns)
     forced_flat = tree_flatten(forced_out)[0] if forced_out is not None else None
     wrapped: list[Any] = []
-    for index, (m, alias) in enumerate(zip(out_flat, _alias_per_leaf(meta_out, returns))):
+    for index, (m, r) in enumerate(zip(out_flat, out_returns)):
         if not isinstance(m, torch.Tensor):
             wrapped.append(m)
             continue
+        alias = op.returns[r]
         if alias is not None:
-            arg_name = _aliased_arg(func, alias)
+            arg_name = op.alias_args[r]
             source = bound.get(arg_name) if arg_name is not None else None
             if isinstance(source, (list, tuple)):
                 source = source[index] if index < len(source) else None
@@ -460,8 +756,8 @@ def _add_node(
             _keep_forced(storage, forced_flat[index], str(func))
         wrapped.append(LazyTensor(m, storage))
 
-    if _is_random(packet):
-        target = next(m for m in tree_flatten(meta_out)[0] if isinstance(m, torch.Tensor))
+    if op.is_random:
+        target = next(m for m in out_flat if isinstance(m, torch.Tensor))
         _attach_rng(node, bound, device, _draws.count(func, target, bound, device))
     if forced_out is not None:
         # The op already ran for real on early values: their caches now include this write.
@@ -469,24 +765,33 @@ def _add_node(
             s = t._lazy_storage
             if s.cache is not None:
                 s.cache_version = s.version
-    return tree_unflatten(wrapped, out_spec)
+    return wrapped[0] if out_spec is None else tree_unflatten(wrapped, out_spec)
 
 
-def _flat_arg_names(func: torch._ops.OpOverload, args: Any, kwargs: dict[str, Any]) -> list[str]:
-    names, _, _ = _schema_info(func)
-    tree = (
-        tuple(tree_map(lambda _, n=n: n, a) for n, a in zip(names, args)),
-        {k: tree_map(lambda _, k=k: k, v) for k, v in kwargs.items()},
-    )
-    return tree_flatten(tree)[0]
+def _flat_arg_names(op: _Op, flat: list[Any], layout: ArgLayout) -> list[str]:
+    """The name of the argument each leaf belongs to (the same for every call of ``op`` with
+    this layout: kept on the layout when it is shared)."""
+    cache = layout.per_op
+    names = cache.get(id(op)) if cache is not None else None
+    if names is None:
+        args, kwargs = unflatten(flat, layout)
+        tree = (
+            tuple(tree_map(lambda _, n=n: n, a) for n, a in zip(op.names, args)),
+            {k: tree_map(lambda _, k=k: k, v) for k, v in kwargs.items()},
+        )
+        names = tree_flatten(tree)[0]
+        if cache is not None:
+            cache[id(op)] = names
+    return names
 
 
-def _alias_per_leaf(meta_out: Any, returns: list[Any]) -> list[Any]:
+def _return_per_leaf(meta_out: Any, returns: list[Any]) -> list[int]:
+    """For each leaf of the outputs, the index of the schema return it comes from."""
     if len(returns) == 1:
-        return [returns[0]] * len(tree_flatten(meta_out)[0])
-    leaves: list[Any] = []
-    for value, alias in zip(meta_out, returns):
-        leaves.extend([alias] * len(tree_flatten(value)[0]))
+        return [0] * len(tree_flatten(meta_out)[0])
+    leaves: list[int] = []
+    for r, value in enumerate(meta_out):
+        leaves.extend([r] * len(tree_flatten(value)[0]))
     return leaves
 
 

@@ -79,6 +79,7 @@ class RngStream:
     def __init__(self, generator: torch.Generator) -> None:
         self.generator = generator
         self.seen = generator.get_state()  # what the generator held when last looked at
+        self._seen_bytes = self.seen.numpy().tobytes()  # compared at every random op
         self.cursor: Position | None = Position(self.seen)  # after the last step, if known
         self.pending: list[RngStep] = []  # steps waiting for an uncounted step to run
         self.fast_count = 0
@@ -86,8 +87,9 @@ class RngStream:
     def _notice_changes(self) -> None:
         # Model code seeded the generator, or drew from it for real: eager goes on from there.
         current = self.generator.get_state()
-        if not torch.equal(current, self.seen):
-            self.seen = current
+        raw = current.numpy().tobytes()
+        if raw != self._seen_bytes:
+            self.seen, self._seen_bytes = current, raw
             self.cursor = Position(current)
 
     def append(self, node: Node, draws: int | None) -> RngStep:
@@ -107,7 +109,7 @@ class RngStream:
         step's position in the model code; it does not move the stream."""
         self._notice_changes()
         self.fast_count += 1
-        digest = hashlib.blake2b(self.seen.numpy().tobytes(), digest_size=8)
+        digest = hashlib.blake2b(self._seen_bytes, digest_size=8)
         digest.update(self.fast_count.to_bytes(8, "little"))
         derived = torch.Generator(device=self.generator.device)
         derived.manual_seed(int.from_bytes(digest.digest(), "little") >> 1)

@@ -1,0 +1,29 @@
+"""Which file memory-mapped bytes come from."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dormant._mapped import mapped_file
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads /proc/self/maps")
+
+
+def test_bytes_mapped_from_a_file_name_it_and_heap_bytes_do_not(tmp_path: Path) -> None:
+    path = tmp_path / "data.bin"
+    path.write_bytes(bytes(4096))
+    storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=4096)
+    found = mapped_file(storage.data_ptr())
+    assert found is not None and found.path == str(path) and found.size == 4096
+    assert found.changed() is None
+    assert mapped_file(torch.ones(3).untyped_storage().data_ptr()) is None
+
+
+def test_an_empty_storage_has_no_file() -> None:
+    empty = torch.tensor([])
+    assert empty.untyped_storage().data_ptr() == 0
+    assert mapped_file(0) is None
