@@ -147,13 +147,15 @@ CYCLE_PROBE = textwrap.dedent(
 
 
 def test_no_growth_across_build_materialize_cycles() -> None:
-    env = _allocator("default")  # 4 MiB of growth measured here, 0.1 MiB with "tuned"
+    # 0-8 MiB of growth measured here (glibc's per-thread arenas of the replay threads), 0.1 MiB
+    # with "tuned"; one leaked cycle would be its 32 MiB model.
+    env = _allocator("default")
     out = subprocess.run(
         [sys.executable, "-c", CYCLE_PROBE], capture_output=True, text=True, check=True, env=env
     ).stdout
     grown, lazy_alive = map(int, out.split())
     assert lazy_alive == 0
-    assert grown < 8 * 2**20, f"resident memory grew by {grown / 2**20:.1f} MiB over 8 cycles"
+    assert grown < 16 * 2**20, f"resident memory grew by {grown / 2**20:.1f} MiB over 8 cycles"
 
 
 PEAK_PROBE = textwrap.dedent(
