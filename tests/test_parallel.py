@@ -155,6 +155,7 @@ def test_an_op_that_fails_on_a_thread_names_the_op_and_leaves_the_model_usable()
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("no memory left")
 
+    node.label = node.label  # (the label names the recorded op, not the stand-in)
     node.op = broken
     with pytest.raises(MaterializationError, match=r"replaying aten\.uniform_.*no memory left"):
         materialize(lazy, threads=3)
