@@ -13,8 +13,9 @@ random ops draw at known places on their stream:
 - ``uniform_``: element ``i`` takes draws ``[k*i, k*(i+1))`` after the op's start (``k`` = 1, or
   2 for float64).
 - ``normal_`` on ``n >= 16`` contiguous elements works in blocks of 16: block ``j`` takes draws
-  ``[16*k*j, 16*k*(j+1))``. When ``n % 16 != 0``, the last 16 elements are computed again from
-  16 further blocks' worth of draws after the first ``n`` (``../shared/DESIGN.md``).
+  ``[16*k*j, 16*k*(j+1))``. When ``n % 16 != 0``, the last 16 elements are computed again as
+  one more block: from the draws after the first ``n`` elements' (float32, float64), or after
+  the whole blocks' (bfloat16, float16).
 
 So a window of a random op is one generator placement (``_mt19937.advance``: a jump or a short
 draw) and the window's own draws. Each rule is checked once per process and dtype against the
