@@ -10,6 +10,11 @@ versions on a noisy machine: the ratio, taken within one process, is the figure 
     PYTHONPATH=src python benchmarks/construct_speed.py --json   # one JSON line per model
     PYTHONPATH=src python benchmarks/construct_speed.py --clock cpu   # on a loaded machine
 
+Two checkouts compared, each in its own processes, alternating, ``--rounds`` times (a markdown
+table of medians; ``NAME=DIR`` puts ``DIR`` first on ``PYTHONPATH``):
+
+    python benchmarks/construct_speed.py --versions before=/tmp/old/src after=src --rounds 3
+
 ``randn-8000`` is a module of 8000 ``nn.Parameter(torch.randn(16))``: per-op recording cost with
 no model code around it. Nothing here asserts a time limit.
 """
@@ -19,7 +24,9 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -81,6 +88,37 @@ def measure(name: str, repeats: int) -> dict[str, object]:
     return {"model": name, "meta_s": meta, "dormant_s": dormant, "ratio": dormant / meta, **times}
 
 
+def compare(versions: list[str], rounds: int, passed: list[str]) -> None:
+    """Run this script per version in fresh processes, alternating; print medians."""
+    named = [v.split("=", 1) for v in versions]
+    results: dict[tuple[str, str], list[dict[str, float]]] = {}
+    for _ in range(rounds):
+        for name, path in named:
+            env = {
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join([path, os.environ.get("PYTHONPATH", "")]),
+            }
+            out = subprocess.run(
+                [sys.executable, __file__, "--json", *passed],
+                env=env, check=True, capture_output=True, text=True,
+            ).stdout  # fmt: skip
+            for line in out.splitlines():
+                r = json.loads(line)
+                results.setdefault((r["model"], name), []).append(r)
+    models = list(dict.fromkeys(model for model, _ in results))
+    head = " | ".join(f"{name} s | {name} / meta" for name, _ in named)
+    print(f"| model | meta s | {head} |")
+    print("| --- | ---: |" + " ---: | ---: |" * len(named))
+    for model in models:
+        runs = [r for name, _ in named for r in results[(model, name)]]
+        cells = [f"{statistics.median(r['meta_s'] for r in runs):.3f}"]
+        for name, _ in named:
+            mine = results[(model, name)]
+            cells.append(f"{statistics.median(r['dormant_s'] for r in mine):.3f}")
+            cells.append(f"{statistics.median(r['ratio'] for r in mine):.2f}")
+        print(f"| {model} | " + " | ".join(cells) + " |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=DEFAULT, choices=sorted(BUILDERS))
@@ -92,7 +130,13 @@ def main() -> None:
         default="wall",
         help="cpu: this process's CPU time, steadier than wall time on a loaded machine",
     )
+    parser.add_argument("--versions", nargs="+", metavar="NAME=DIR", help="compare checkouts")
+    parser.add_argument("--rounds", type=int, default=3, help="with --versions: processes each")
     args = parser.parse_args()
+    if args.versions:
+        passed = ["--models", *args.models, "--repeats", str(args.repeats), "--clock", args.clock]
+        compare(args.versions, args.rounds, passed)
+        return
     global clock
     clock = CLOCKS[args.clock]
     torch.set_num_threads(1)

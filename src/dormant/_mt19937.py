@@ -145,8 +145,10 @@ def _block_ahead(words: np.ndarray, j: int) -> np.ndarray:
     taps = np.flatnonzero(np.unpackbits(raw, bitorder="little")[:DEGREE])
     windows = sliding_window_view(_blocks(words, DEGREE // N + 2)[1:], N)
     out = np.zeros(N, np.uint32)
-    for start in range(0, len(taps), 2048):  # bounded temporaries
-        out ^= np.bitwise_xor.reduce(windows[taps[start : start + 2048]], axis=0)
+    # 128 windows at a time: a 320 KB temporary that stays in cache. With 2048 (5 MB) the first
+    # jump of a process took 5-8 ms instead of ~2.5: each chunk a fresh mmap, page faults too.
+    for start in range(0, len(taps), 128):
+        out ^= np.bitwise_xor.reduce(windows[taps[start : start + 128]], axis=0)
     return out
 
 

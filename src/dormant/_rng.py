@@ -78,6 +78,7 @@ class RngStream:
 
     def __init__(self, generator: torch.Generator) -> None:
         self.generator = generator
+        self.device = generator.device  # a new torch.device at every read of the property
         self.seen = generator.get_state()  # what the generator held when last looked at
         self._seen_bytes = self.seen.numpy().tobytes()  # compared at every random op
         self.cursor: Position | None = Position(self.seen)  # after the last step, if known
@@ -94,7 +95,7 @@ class RngStream:
 
     def append(self, node: Node, draws: int | None) -> RngStep:
         self._notice_changes()
-        step = RngStep(node, self.generator.device, self.cursor, draws)
+        step = RngStep(node, self.device, self.cursor, draws)
         if self.cursor is not None and draws is not None:
             self.cursor = self.cursor.after(draws)
             step.node = None  # a counted step never has to run for its draws
@@ -111,9 +112,9 @@ class RngStream:
         self.fast_count += 1
         digest = hashlib.blake2b(self._seen_bytes, digest_size=8)
         digest.update(self.fast_count.to_bytes(8, "little"))
-        derived = torch.Generator(device=self.generator.device)
+        derived = torch.Generator(device=self.device)
         derived.manual_seed(int.from_bytes(digest.digest(), "little") >> 1)
-        return RngStep(node, self.generator.device, Position(derived.get_state()), None)
+        return RngStep(node, self.device, Position(derived.get_state()), None)
 
     def resolve(self, run: Runner) -> None:
         """Run the uncounted steps for their draws, in order, so every step has a start."""
