@@ -382,3 +382,32 @@ def test_dropout_in_model_code_during_the_build() -> None:
 
     eager, lazy = build_pair(DropsAtInit)
     assert_same(eager, lazy)
+
+
+class ReseededLayers(nn.Module):
+    """Model code that seeds before each layer, with the seed the generator already holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Linear(64, 64)
+        torch.manual_seed(0)
+        self.b = nn.Linear(64, 64)
+        self.c = nn.Parameter(torch.randn(100))
+        torch.manual_seed(0)
+        self.d = nn.Parameter(torch.randn(100))
+
+
+def test_reseeding_to_the_state_already_held_is_seen() -> None:
+    eager, lazy = build_pair(ReseededLayers)  # asserts the generator ends where eager's does
+    assert_same(eager, lazy)
+    assert torch.equal(lazy.a.weight, lazy.b.weight)  # the same seed, the same draws
+
+
+def test_an_exception_gives_back_the_state_the_marker_stands_for() -> None:
+    torch.manual_seed(3)
+    before = torch.get_rng_state()
+    with pytest.raises(RuntimeError, match="model code failed"), LazyInitContext():
+        nn.Linear(8, 8)
+        raise RuntimeError("model code failed")
+    assert torch.equal(torch.get_rng_state(), before)

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from . import _mt19937
@@ -80,7 +81,8 @@ class RngStream:
         self.generator = generator
         self.device = generator.device  # a new torch.device at every read of the property
         self.seen = generator.get_state()  # what the generator held when last looked at
-        self._seen_bytes = self.seen.numpy().tobytes()  # compared at every random op
+        self._held = self.seen.numpy().tobytes()  # what it holds now: compared at every random op
+        self.marked = False  # whether it holds a marker (see [Note: seeing a re-seed])
         self.cursor: Position | None = Position(self.seen)  # after the last step, if known
         self.pending: list[RngStep] = []  # steps waiting for an uncounted step to run
         self.fast_count = 0
@@ -89,9 +91,23 @@ class RngStream:
         # Model code seeded the generator, or drew from it for real: eager goes on from there.
         current = self.generator.get_state()
         raw = current.numpy().tobytes()
-        if raw != self._seen_bytes:
-            self.seen, self._seen_bytes = current, raw
+        if raw != self._held:
+            self.seen, self._held, self.marked = current, raw, False
             self.cursor = Position(current)
+
+    def mark(self) -> None:
+        """Put a marker state into the generator ([Note: seeing a re-seed])."""
+        if self.marked or self.device.type != "cpu":
+            return
+        marker = _marker(self.seen)
+        self.generator.set_state(marker)
+        self._held, self.marked = marker.numpy().tobytes(), True
+
+    def unmark(self) -> None:
+        """Give the generator back the state the marker stands for (model code failed)."""
+        if self.marked and self.generator.get_state().numpy().tobytes() == self._held:
+            self.generator.set_state(self.seen)
+        self.marked = False
 
     def append(self, node: Node, draws: int | None) -> RngStep:
         self._notice_changes()
@@ -110,7 +126,7 @@ class RngStream:
         step's position in the model code; it does not move the stream."""
         self._notice_changes()
         self.fast_count += 1
-        digest = hashlib.blake2b(self._seen_bytes, digest_size=8)
+        digest = hashlib.blake2b(self.seen.numpy().tobytes(), digest_size=8)
         digest.update(self.fast_count.to_bytes(8, "little"))
         derived = torch.Generator(device=self.device)
         derived.manual_seed(int.from_bytes(digest.digest(), "little") >> 1)
@@ -138,6 +154,23 @@ class RngStream:
         return self.cursor.state()
 
 
+# [Note: seeing a re-seed]
+# Recording draws nothing, so the real generator does not move; a change of its state is how
+# dormant sees model code seeding it (``manual_seed``) or drawing from it for real. Re-seeding
+# to the state it already holds would go unseen (``manual_seed(0)`` before each of two layers),
+# so after each recorded random op the generator holds a *marker*: the same state, with its
+# recorded initial seed (the one field no draw reads) set to a value nobody seeds with. Any
+# ``manual_seed`` then changes the state. The context's exit sets the generator where eager
+# leaves it; an exception gives back the state the marker stands for.
+_MARK_SEED = int.from_bytes(b"dormant!", "little")
+
+
+def _marker(state: torch.Tensor) -> torch.Tensor:
+    marker = state.clone()
+    marker.numpy()[:8] = np.frombuffer(_MARK_SEED.to_bytes(8, "little"), np.uint8)
+    return marker
+
+
 def default_generator(device: torch.device) -> torch.Generator:
     if device.type == "cpu":
         return torch.default_generator
@@ -162,6 +195,12 @@ class Session:
             stream = self.streams[key] = RngStream(gen)
         return stream
 
+    def abandon(self) -> None:
+        """Model code failed: leave every generator where model code left it."""
+        for stream in self.streams.values():
+            stream.unmark()
+        self.streams.clear()
+
     def finish(self, run: Runner) -> None:
         """Set every generator where eager construction would have left it."""
         try:
@@ -185,8 +224,11 @@ def end_session(run: Runner | None) -> None:
     an exception in model code: the generators then stay where they were)."""
     global _active
     session, _active = _active, None
-    if session is not None and run is not None:
-        session.finish(run)
+    if session is not None:
+        if run is not None:
+            session.finish(run)
+        else:
+            session.abandon()
 
 
 def record_step(
@@ -205,6 +247,8 @@ def record_step(
     step = stream.fast_step(node) if fast else stream.append(node, draws)
     if session is not _active:
         session.finish(run)
+    else:
+        stream.mark()
     return step
 
 
