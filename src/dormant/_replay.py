@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from . import _mt19937, _rng
+from . import _rng
 from ._graph import Constant, LazyStorage, Node, TensorRef, view_of
 from ._plan import COPY, Plan, plan
 from ._session import real_execution
@@ -114,12 +114,7 @@ class _Generators:
         gen = self.private.get(step.device)
         if gen is None:
             gen = self.private[step.device] = torch.Generator(device=step.device)
-        here = self.at.pop(step.device, None)
-        if here is not None and here.anchor is start.anchor and here.draws <= start.draws:
-            if start.draws > here.draws:  # short gaps draw, long ones jump
-                gen.set_state(_mt19937.advance(gen.get_state(), start.draws - here.draws))
-        else:
-            gen.set_state(start.state())
+        start.place(gen, self.at.pop(step.device, None))
         return gen
 
     @contextlib.contextmanager

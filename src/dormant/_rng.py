@@ -53,6 +53,17 @@ class Position:
     def after(self, draws: int) -> Position:
         return Position(self.anchor, self.draws + draws)
 
+    def place(self, generator: torch.Generator, here: Position | None) -> None:
+        """Set ``generator``, standing at ``here`` if known, to this position: moving forward on
+        the same stream costs only the gap (short gaps draw, long ones jump)."""
+        if here is not None and here.anchor is self.anchor and here.draws <= self.draws:
+            if self.draws > here.draws:
+                generator.set_state(
+                    _mt19937.advance(generator.get_state(), self.draws - here.draws)
+                )
+        else:
+            generator.set_state(self.state())
+
 
 class RngStep:
     """One recorded random op: where it starts drawing and how many draws it takes."""

@@ -271,13 +271,7 @@ class Window:
         draws_per_element: int | None,
     ) -> None:
         """``fill(out)`` with the generator placed at ``at``."""
-        here = self.at
-        if here is not None and here.anchor is at.anchor and here.draws <= at.draws:
-            if at.draws > here.draws:  # short gaps draw, long ones jump
-                state = _mt19937.advance(self.generator.get_state(), at.draws - here.draws)
-                self.generator.set_state(state)
-        else:
-            self.generator.set_state(at.state())
+        at.place(self.generator, self.at)
         fill(out, self.generator)
         # (rule draws are whole blocks, so their count is known; a whole small op's may not be)
         self.at = at.after(draws_per_element * out.numel()) if draws_per_element else None
