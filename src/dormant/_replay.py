@@ -125,7 +125,7 @@ class _Generators:
             yield node.op
             return
         gen = self._place(step)
-        op = _with_generator(node.op)
+        op = with_generator(node.op)
         if op is not None:
             call_kwargs["generator"] = gen
             yield op
@@ -151,7 +151,7 @@ _lending = threading.Lock()
 
 
 @functools.cache
-def _with_generator(op: Any) -> Any:
+def with_generator(op: Any) -> Any:
     """``op``, or its overload that takes a ``generator`` (``randperm.default`` ->
     ``randperm.generator``); None if it has none (``native_dropout``)."""
     if isinstance(op, torch._ops.OpOverload):

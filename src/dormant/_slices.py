@@ -26,7 +26,6 @@ installed torch (:func:`random_rule`); an op, dtype or layout without a rule rai
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +36,7 @@ from torch.utils._pytree import tree_unflatten
 from . import _mt19937, _rng
 from ._graph import Constant, LazyStorage, Node, TensorRef
 from ._plan import write_of
-from ._replay import run_for_draws
+from ._replay import run_for_draws, with_generator
 from ._session import real_execution
 
 aten = torch.ops.aten
@@ -253,13 +252,14 @@ class Window:
             like = _FACTORIES[op]
             return (lambda t, g: like(t, generator=g)), like
         reads_other = any(isinstance(x, TensorRef) and x is not written for x in node.flat_args)
-        if written is None or reads_other or not _takes_generator(op):
+        overload = with_generator(op)  # the op, or its overload that takes a generator
+        if written is None or reads_other or overload is None:
             raise Unsliceable(f"{node.label}: no window rule for this random op")
 
         def fill(t: torch.Tensor, g: torch.Generator) -> object:
             args, kwargs = self._arguments(node, written, t, 0, t.numel(), t.numel())
             kwargs["generator"] = g
-            return op(*args, **kwargs)
+            return overload(*args, **kwargs)
 
         return fill, op
 
@@ -318,13 +318,6 @@ def random_window(
 def _is_source(node: Node) -> bool:
     """A node without inputs: a constant, or a read from a checkpoint file (``_graph.source``)."""
     return isinstance(node.op, Constant) or (not node.flat_args and callable(node.op))
-
-
-def _takes_generator(op: Any) -> bool:
-    if isinstance(op, torch._ops.OpOverload):
-        return any(arg.name == "generator" for arg in op._schema.arguments)
-    fn = getattr(op, "fn", None)  # a recorded library call (``DeferredCall``)
-    return fn is not None and "generator" in inspect.signature(fn).parameters
 
 
 def _slice_real(node: Node, value: torch.Tensor, a: int, b: int, n: int) -> torch.Tensor:
