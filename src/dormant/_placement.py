@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import enum
 import math
-import sys
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
 from ._graph import view_of
 from ._lazy_tensor import INTERNAL_ATTRS, LazyTensor
-from ._replay import compute_each
+from ._replay import compute_each, progress_bar
 from ._session import real_execution
 from ._slices import Unsliceable, Window
 from .errors import MaterializationError
@@ -225,7 +223,9 @@ def fill_local(
     whole: dict[int, list[tuple[str, LazyTensor, torch.Tensor]]] = {}
     report: list[WholeTensor] = []
     done: set[int] = set()
-    for name, source, target in _progress(lazy, progress):
+    bar = progress_bar(len(lazy), progress, "filling shards", "tensor", shown_above=200)
+    for name, source, target in lazy:
+        bar.update(1)
         if id(target) in done:  # a tied weight: one tensor
             continue
         done.add(id(target))
@@ -237,6 +237,7 @@ def fill_local(
             if id(storage) not in whole:
                 report.append(WholeTensor(name, storage.nbytes, str(e)))
             whole.setdefault(id(storage), []).append((name, source, target))
+    bar.close()
 
     def on_ready(storage: object, value: torch.UntypedStorage) -> None:
         for _, source, target in whole[id(storage)]:
@@ -252,13 +253,6 @@ def fill_local(
 def _last_write(t: LazyTensor) -> int:
     writers = t._lazy_storage.writers
     return writers[-1].seq if writers else -1
-
-
-def _progress(items: list[Any], progress: bool | None) -> Any:
-    from tqdm.auto import tqdm
-
-    show = progress if progress is not None else (sys.stderr.isatty() and len(items) > 200)
-    return tqdm(items, desc="filling shards", unit="tensor", disable=not show, leave=False)
 
 
 def _fill_shard(window: Window, source: LazyTensor, target: torch.Tensor) -> None:

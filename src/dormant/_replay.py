@@ -253,7 +253,7 @@ class _Execution:
     def run(self, progress: bool | None) -> None:
         """Run the plan; hand each target to ``on_ready`` as soon as its last write ran."""
         self._start_from_caches()
-        bar = _progress_bar(len(self.plan.nodes), progress)
+        bar = progress_bar(len(self.plan.nodes), progress)
         try:
             with real_execution():
                 _resolve_positions(self.plan.nodes)
@@ -595,11 +595,19 @@ def _ref_device(ref: TensorRef, node: Node) -> torch.device:
     return torch.device("cpu")
 
 
-def _progress_bar(total: int, progress: bool | None) -> Any:
+def progress_bar(
+    total: int,
+    progress: bool | None,
+    desc: str = "materializing",
+    unit: str = "op",
+    shown_above: int = 2000,
+) -> Any:
+    """A tqdm bar: shown if ``progress``, or when None on a terminal for more than
+    ``shown_above`` steps."""
     from tqdm.auto import tqdm
 
-    show = progress if progress is not None else (sys.stderr.isatty() and total > 2000)
-    return tqdm(total=total, desc="materializing", unit="op", disable=not show, leave=False)
+    show = progress if progress is not None else (sys.stderr.isatty() and total > shown_above)
+    return tqdm(total=total, desc=desc, unit=unit, disable=not show, leave=False)
 
 
 OnReady = Callable[[LazyStorage, torch.UntypedStorage], None]
