@@ -219,6 +219,15 @@ class _Op:
         self.meta_shortcut: _MetaShortcut | None = _META_SHORTCUTS.get(func)
         self.fast: _FastPath | None = _fast_path(self, schema)
 
+    def meta(self, bound: Any, meta_args: Any, meta_kwargs: dict[str, Any]) -> Any:
+        """The op's result on meta arguments: its shortcut's, if it has one that answers, else
+        the meta kernel's (which may raise NotImplementedError)."""
+        if self.meta_shortcut is not None:
+            out = self.meta_shortcut(bound, meta_args, meta_kwargs)
+            if out is not None:
+                return out
+        return self.func(*meta_args, **meta_kwargs)
+
 
 # Keyed by ``id``: OpOverload hashes in Python, and every op would pay for it. The _Op holds its
 # OpOverload, so the id stays its own.
@@ -395,10 +404,7 @@ def _record(
         meta_kwargs["generator"] = None  # shapes never depend on it; some meta kernels refuse it
     forced_out = None
     try:
-        shortcut = op.meta_shortcut
-        meta_out = shortcut(bound, meta_args, meta_kwargs) if shortcut is not None else None
-        if meta_out is None:
-            meta_out = func(*meta_args, **meta_kwargs)
+        meta_out = op.meta(bound, meta_args, meta_kwargs)
     except NotImplementedError:
         # No meta kernel: compute the op for real (exactly, through replay) and keep its result.
         forced_out = _run_forced(func, args, kwargs, True)
@@ -490,10 +496,7 @@ def _record_fill(op: _Op, args: tuple[Any, ...], kwargs: dict[str, Any], in_cont
     if meta_kwargs.get("generator") is not None:
         meta_kwargs["generator"] = None
     try:
-        shortcut = op.meta_shortcut
-        meta_out = shortcut(bound, meta_args, meta_kwargs) if shortcut is not None else None
-        if meta_out is None:
-            meta_out = func(*meta_args, **meta_kwargs)
+        meta_out = op.meta(bound, meta_args, meta_kwargs)
     except NotImplementedError:
         return _SLOW
     flat, layout = flatten(args, kwargs)
@@ -535,9 +538,7 @@ def _record_factory(
         meta_out = torch.empty_strided(size, stride, dtype=dtype, device=_META)
     else:
         try:
-            shortcut = op.meta_shortcut
-            made = shortcut(bound, args, meta_kwargs) if shortcut is not None else None
-            meta_out = made if made is not None else func(*args, **meta_kwargs)
+            meta_out = op.meta(bound, args, meta_kwargs)
         except NotImplementedError:
             return _SLOW
         nbytes = meta_out.untyped_storage().nbytes()
