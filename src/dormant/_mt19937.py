@@ -7,7 +7,7 @@ in that block. Every bit lane of the sequence obeys one linear recurrence over G
 characteristic polynomial P has degree 19937 (135 terms, :data:`CHARPOLY`). Hence for any J,
 with q = x^J mod P, x_{J+j} = XOR over {i : q_i = 1} of x_{i+j}: the block J words ahead is a
 XOR of shifted windows of the first 19937 + 624 words, whatever J is. q is found in log2(J)
-steps (:func:`_x_pow_mod`); the whole jump takes about 10-20 ms for any J up to 2^64. Short
+steps (:func:`_x_pow_mod`); the whole jump takes about 1-4 ms for any J up to 2^64. Short
 jumps simply draw (numpy's C MT19937, a few ns per word).
 
 The generator state that ``torch.Generator.get_state()`` returns (5056 bytes, see
@@ -40,8 +40,10 @@ CHARPOLY = (
     19937,
 )  # fmt: skip
 _M = 397  # mt19937's middle word offset
-# Below this many draws, drawing is faster than jumping.
-DRAW_BELOW = 1 << 21
+# Below this many draws, drawing is faster than jumping: numpy draws about 2.3 ns a word here,
+# a jump costs about 1.1 ms to a distance met before, 2.3 ms to a new one, and twice that
+# when another process shares the cache (benchmarks/jump_cost.py).
+DRAW_BELOW = 1 << 20
 
 
 class _Layout:
@@ -79,19 +81,27 @@ def _numpy_generator(words: np.ndarray, pos: int) -> np.random.MT19937:
     return bitgen
 
 
+def _untemper(y: np.ndarray) -> np.ndarray:
+    """The untempered words behind mt19937 outputs ``y`` (tempering is invertible)."""
+    y = y ^ (y >> np.uint32(18))
+    y = y ^ ((y << np.uint32(15)) & np.uint32(0xEFC60000))
+    x = y
+    for _ in range(4):  # y ^= (y << 7) & mask, undone 7 bits at a time
+        x = y ^ ((x << np.uint32(7)) & np.uint32(0x9D2C5680))
+    y = x
+    for _ in range(2):  # y ^= y >> 11, undone 11 bits at a time
+        x = y ^ (x >> np.uint32(11))
+    return x
+
+
 def _blocks(words: np.ndarray, count: int) -> np.ndarray:
     """The untempered sequence x_0 .. x_{624 * count - 1}, starting from block ``words``.
 
-    mt19937's recurrence x_{k+624} = x_{k+397} ^ twist(x_k, x_{k+1}) reaches back 227 terms at
-    the least, so it runs vectorized 227 terms at a time.
+    numpy's C mt19937 makes the later blocks (tempered); untempering them is a few vector ops.
     """
     out = np.empty(N * count, np.uint32)
     out[:N] = words
-    upper, lower, matrix = np.uint32(0x80000000), np.uint32(0x7FFFFFFF), np.uint32(0x9908B0DF)
-    for j in range(N, N * count, N - _M):
-        e = min(j + N - _M, N * count)
-        y = (out[j - N : e - N] & upper) | (out[j - N + 1 : e - N + 1] & lower)
-        out[j:e] = out[j - N + _M : e - N + _M] ^ (y >> 1) ^ ((y & 1) * matrix)
+    out[N:] = _untemper(_numpy_generator(words, N).random_raw(N * (count - 1)).astype(np.uint32))
     return out
 
 
@@ -145,10 +155,10 @@ def _block_ahead(words: np.ndarray, j: int) -> np.ndarray:
     taps = np.flatnonzero(np.unpackbits(raw, bitorder="little")[:DEGREE])
     windows = sliding_window_view(_blocks(words, DEGREE // N + 2)[1:], N)
     out = np.zeros(N, np.uint32)
-    # 128 windows at a time: a 320 KB temporary that stays in cache. With 2048 (5 MB) the first
+    # 256 windows at a time: a 640 KB temporary that stays in cache. With 2048 (5 MB) the first
     # jump of a process took 5-8 ms instead of ~2.5: each chunk a fresh mmap, page faults too.
-    for start in range(0, len(taps), 128):
-        out ^= np.bitwise_xor.reduce(windows[taps[start : start + 128]], axis=0)
+    for start in range(0, len(taps), 256):
+        out ^= np.bitwise_xor.reduce(windows[taps[start : start + 256]], axis=0)
     return out
 
 
@@ -168,7 +178,7 @@ def advance(state: torch.Tensor, draws: int) -> torch.Tensor:
         return state.clone()
     if draws < DRAW_BELOW:
         bitgen = _numpy_generator(words, pos)
-        bitgen.random_raw(draws)
+        bitgen.random_raw(draws, output=False)  # moves without writing the words anywhere
         inner = bitgen.state["state"]
         new_words, new_pos = np.asarray(inner["key"], np.uint32), int(inner["pos"])
         if new_pos == 0:  # numpy may stop right after regenerating: the same point as torch's 624

@@ -1,0 +1,60 @@
+"""What moving a CPU generator forward costs: drawing the gap against jumping it.
+
+Run: python benchmarks/jump_cost.py [--repeat 20]
+
+Prints, per distance, the time of ``_mt19937.advance`` when it draws (numpy's C mt19937, without
+writing the words) and when it jumps (a distance met before, so ``x^J mod P`` is cached, and a
+new one), and the distance where the two cost the same: the measured basis of
+``_mt19937.DRAW_BELOW``. One core, the generator state of ``torch.manual_seed(0)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from dormant import _mt19937
+
+
+def _time(fn, repeat: int) -> float:  # type: ignore[no-untyped-def]
+    fn()  # warm: code loaded, caches filled
+    runs = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - start)
+    return statistics.median(runs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=20)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    words, pos = _mt19937._read(torch.Generator().manual_seed(0).get_state())
+
+    def draw(n: int) -> None:
+        _mt19937._numpy_generator(words, pos).random_raw(n, output=False)
+
+    per_word = _time(lambda: draw(1 << 22), args.repeat) / (1 << 22)
+    print(f"drawing: {per_word * 1e9:.2f} ns per 32-bit word")
+    print(f"{'distance':>16} {'draw ms':>9} {'jump ms (seen)':>15} {'jump ms (new)':>14}")
+    fresh = iter(range(10**6, 10**7))
+    cached = []
+    for distance in (1 << 19, 1 << 20, 1 << 22, 10**9, 10**12, 2**63):
+        drawn = _time(lambda d=distance: draw(d), 3) if distance <= 1 << 24 else float("nan")
+        seen = _time(lambda d=distance: _mt19937._block_ahead(words, d), args.repeat)
+        new = _time(lambda d=distance: _mt19937._block_ahead(words, d + next(fresh)), args.repeat)
+        cached.append(seen)
+        print(f"{distance:>16} {drawn * 1e3:>9.2f} {seen * 1e3:>15.2f} {new * 1e3:>14.2f}")
+    even = float(np.median(cached)) / per_word
+    print(f"break-even distance (jump to a distance seen before): about {even / 1e6:.2f}M draws;")
+    print(f"DRAW_BELOW is {_mt19937.DRAW_BELOW / 1e6:.2f}M")
+
+
+if __name__ == "__main__":
+    main()
