@@ -65,6 +65,21 @@ def test_tensors_over_existing_storage_stay_lazy(tmp_path: Path) -> None:
     assert torch.equal(holder.t, data.reshape(2, 4))
 
 
+def test_values_read_from_existing_storage_inside_the_context_are_its_bytes(
+    tmp_path: Path,
+) -> None:
+    # safetensors reads ``storage[0]`` of each tensor it maps; a view's values must be its own.
+    data = torch.arange(8, dtype=torch.float32)
+    data.numpy().tofile(tmp_path / "data.bin")
+    storage = torch.UntypedStorage.from_file(str(tmp_path / "data.bin"), shared=False, nbytes=32)
+    with LazyInitContext():
+        first_byte, fifth_byte = storage[0], storage[20]
+        t = torch.asarray(storage, dtype=torch.uint8).view(torch.float32).reshape(2, 4)
+        row, third = t[1].tolist(), t[0, 2].item()
+    assert (first_byte, fifth_byte) == (data.numpy().tobytes()[0], data.numpy().tobytes()[20])
+    assert row == [4.0, 5.0, 6.0, 7.0] and third == 2.0
+
+
 def test_like_factories_from_meta_onto_a_device_are_lazy() -> None:
     # Libraries build on meta, then give keys a checkpoint lacks real storage this way.
     meta = torch.empty(3, 4, device="meta")
