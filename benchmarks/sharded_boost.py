@@ -18,6 +18,9 @@ Each measurement is a fresh process (torchrun for the sharded ones, gloo on CPU,
   ``model.to_empty(device="cpu")``, then transformers' ``init_weights()``. Fast but not exact:
   its values are not eager's (and on a CPU mesh DTensor's random ops give every rank the same
   local draws);
+- ``floor``: no model at all: each rank draws ``normal_`` into fresh memory the size of its 1/N of
+  every parameter, nothing else (no jumps, no FSDP2). No way of computing the shards pays less:
+  the time every exact or inexact way is bounded by on this machine;
 - ``lazy, a tiny Llama``: what boosting costs whatever the model (process group, FSDP state);
 - and, single process in the same run, the baselines of the time ratios: ``materialize`` (lazy
   build, then ``dormant.materialize``: the exact single-process path) and ``eager``.
@@ -68,11 +71,12 @@ from tables import MIB, emit
 
 GIB = 2**30
 PLUGINS = {"fsdp": "TorchFSDPPlugin", "tp2": "HybridParallelPlugin(tp_size=2)"}
-MODES = ("eager", "lazy", "from_pretrained", "from_pretrained, lazy", "meta recipe")
+FLOOR = "floor: own shards' random numbers alone"
+MODES = ("eager", "lazy", "from_pretrained", "from_pretrained, lazy", "meta recipe", FLOOR)
 TINY = "lazy, a tiny Llama"
 SINGLE = ("materialize", "eager")  # single-process baselines
 EXACT = {"eager": "yes", "lazy": "yes", "from_pretrained": "yes", "from_pretrained, lazy": "yes",
-         "meta recipe": "no", TINY: "yes"}  # fmt: skip
+         "meta recipe": "no", TINY: "yes", FLOOR: "no"}  # fmt: skip
 # Figures under the allocator users have (glibc's defaults), and beside them with a fixed mmap
 # threshold, which keeps freed large blocks from staying in the heap (a tuning users rarely set).
 ALLOCATORS = {"default": {}, "MALLOC_MMAP_THRESHOLD_=65536": {"MALLOC_MMAP_THRESHOLD_": "65536"}}
@@ -185,7 +189,7 @@ def worker(spec: dict[str, Any], out: str) -> None:
         elif mode == "from_pretrained, lazy":
             with dormant.LazyInitContext():
                 model = AutoModelForCausalLM.from_pretrained(spec["checkpoint"])
-        elif mode == "meta recipe":
+        elif mode in ("meta recipe", FLOOR):
             with torch.device("meta"):
                 model = LlamaForCausalLM(config)
         else:
@@ -196,6 +200,9 @@ def worker(spec: dict[str, Any], out: str) -> None:
                 dormant.materialize(model)
         elif mode == "meta recipe":
             _meta_recipe(model, plugin)
+        elif mode == FLOOR:  # what any way of computing a rank's shards pays at least
+            world = dist.get_world_size()
+            floor = [torch.empty(-(-p.numel() // world)).normal_() for p in model.parameters()]
         else:
             made = TorchFSDPPlugin() if plugin == "fsdp" else HybridParallelPlugin(tp_size=2)
             model, *_ = Booster(plugin=made).boost(model)
@@ -207,6 +214,8 @@ def worker(spec: dict[str, Any], out: str) -> None:
         (p.to_local() if hasattr(p, "to_local") else p).numel() * p.element_size()
         for p in [*params, *model.buffers()]
     )
+    if mode == FLOOR:
+        local = sum(t.numel() * t.element_size() for t in floor)
     rank = dist.get_rank()
     with open(f"{out}/rank{rank}.json", "w") as f:
         json.dump(
