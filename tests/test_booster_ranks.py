@@ -583,7 +583,7 @@ def test_checkpoint_shards_read_only_the_rank_slices(tmp_path: Path) -> None:
         for fmt in ("safetensors", "pt"):
             assert r[fmt]["not_equal"] == [], (fmt, r[fmt]["not_equal"])
             share = r[fmt]["anon_growth"] / r["model"]
-            # Ideal 1/world: the rank's shards (file pages are page cache, not anonymous), plus
-            # about 25 MiB that every FSDP2 boost allocates here. Reading each tensor whole and
-            # slicing it measured 0.8x and more.
-            assert share <= 1 / r["world"] + 0.15, f"{fmt}: anonymous peak {share:.2f}x the model"
+            # Ideal 1/world: the rank's shards (file pages are page cache, not anonymous): 0.50
+            # measured. Reading each tensor whole and slicing it measured 0.8x and more; reading
+            # a shard's window into a transient, then copying it into the shard, 0.64x.
+            assert share <= 1 / r["world"] + 0.08, f"{fmt}: anonymous peak {share:.2f}x the model"

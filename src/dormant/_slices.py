@@ -192,7 +192,9 @@ class Window:
         call_args, call_kwargs = tree_unflatten(args, node.spec)
         return list(call_args), call_kwargs
 
-    def _read(self, node: Node, ref: TensorRef, a: int, b: int, n: int) -> torch.Tensor:
+    def _read(
+        self, node: Node, ref: TensorRef, a: int, b: int, n: int, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         meta, s = ref.meta, ref.storage
         if s is None or ref.shape_only:
             raise Unsliceable(f"{node.label} reads a tensor only for its shape")
@@ -202,13 +204,25 @@ class Window:
         if meta.numel() != n or not meta.is_contiguous():
             raise Unsliceable(f"{node.label} reads a broadcast or strided tensor")
         offset = int(meta.storage_offset())
-        return self._at_version(s, ref.version, meta.dtype, offset + a, offset + b)
+        return self._at_version(s, ref.version, meta.dtype, offset + a, offset + b, out)
 
     def _elementwise(
         self, node: Node, written: TensorRef | None, out: torch.Tensor, a: int, b: int, n: int
     ) -> None:
         if len(node.writes) != 1:
             raise Unsliceable(f"{node.label} writes more than one tensor")
+        source = node.flat_args[1] if len(node.flat_args) > 1 else None
+        if (  # dst.copy_(src) (a checkpoint load): src's window straight into the shard
+            node.op is aten.copy_.default
+            and written is not None
+            and isinstance(source, TensorRef)
+            and source.meta.dtype == out.dtype
+            and source.meta.dim() > 0
+            and source.storage is not None
+            and source.storage.device == out.device
+        ):
+            self._read(node, source, a, b, n, out)
+            return
         args, kwargs = self._arguments(node, written, out, a, b, n)
         result = node.op(*args, **kwargs)
         if written is None or result is not out:  # out-of-place: copy the new output in
