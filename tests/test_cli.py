@@ -1,4 +1,4 @@
-"""The ``dormant verify`` command runs both builds and reports them equal."""
+"""The ``dormant verify`` command runs both builds and reports them equal, generator included."""
 
 from __future__ import annotations
 
@@ -18,4 +18,5 @@ def test_verify_reports_bit_identical() -> None:
         check=True,
     ).stdout
     assert "bit-identical tensors: 21 of 21" in out
-    assert "eager: construct" in out and "peak RSS" in out
+    assert "random generator after the build: as eager leaves it" in out
+    assert "eager: construct" in out and "peak RSS" in out and "a meta-device build" in out
