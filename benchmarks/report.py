@@ -194,7 +194,7 @@ def rng_notes(runs: dict, models: list[str]) -> list[str]:
         "- dormant (exact): random draws that later model code overwrites (transformers: the",
         "  `init_weights` pass over each layer's own `reset_parameters`) are jumped over on",
         "  mt19937's stream, never drawn. Recording draws nothing; when the context exits, the",
-        "  generator is moved to where eager construction leaves it (one jump, about 10-20 ms at",
+        "  generator is moved to where eager construction leaves it (one jump, about 1-4 ms at",
         "  any distance).",
     ]
     ratios = []  # (model, median ratio, best-run ratio) of construct + materialize time
@@ -215,7 +215,7 @@ def rng_notes(runs: dict, models: list[str]) -> list[str]:
             + (f" and is no faster on {', '.join(slower)}." if slower else ".")
             + " What it still buys: each random op starts from a freshly seeded state of its own,"
             " so no private generator is placed at an op's position (an mt19937 jump of about"
-            " 10-20 ms, or drawing through a short gap) and no op runs for its draws alone; its"
+            " 1-4 ms, or drawing through a short gap) and no op runs for its draws alone; its"
             " values differ from eager's."
         )
     return notes

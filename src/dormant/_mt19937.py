@@ -168,7 +168,7 @@ def advance(state: torch.Tensor, draws: int) -> torch.Tensor:
     Example::
 
         >>> g = torch.Generator().manual_seed(0)
-        >>> later = advance(g.get_state(), 10**12)  # about 10 ms
+        >>> later = advance(g.get_state(), 10**12)  # a few ms
         >>> _ = g.set_state(later)
     """
     if draws < 0:

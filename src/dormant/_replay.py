@@ -189,7 +189,7 @@ def run_for_draws(step: _rng.RngStep) -> torch.Tensor:
 #   runs in eager's order on one thread. Chains share no memory, only the draws' positions.
 # - *batches*: consecutive chains (ordered by their first node) of about equal work. Random ops
 #   of neighbouring chains lie next to each other on the stream, so a thread places its
-#   generator once per batch (a jump, ~10 ms) and then draws straight on, op after op.
+#   generator once per batch (a jump, 1-4 ms) and then draws straight on, op after op.
 # - threads take batches from a queue until none are left: a thread slowed by the machine's
 #   other work takes fewer. Each batch runs in recorded order.
 # The calling thread resolves positions first (resolving may itself replay), then waits for
@@ -206,9 +206,9 @@ def run_for_draws(step: _rng.RngStep) -> torch.Tensor:
 # Everything else (CUDA storages or generators, a plan too small to pay for threads) runs on the
 # calling thread, as before.
 
-# Work worth a batch of its own, in bytes written: a jump to place a generator costs about
-# what writing this many random bytes does.
-MIN_BATCH_BYTES = 16 * 2**20
+# Work worth a batch of its own, in bytes written: a jump to place a generator (1-4 ms) costs
+# about what writing this many random bytes does.
+MIN_BATCH_BYTES = 4 * 2**20
 BATCHES_PER_THREAD = 4  # enough that a slow thread leaves little work to wait for at the end
 _NODE_BYTES = 64 * 2**10  # the Python around one op costs about what writing this many does
 

@@ -6,7 +6,7 @@ where eager construction would have drawn it (:class:`Position`): an *anchor*, a
 seen for real (the state at context entry, after ``torch.manual_seed`` in model code, or after
 an op that had to run to be counted), plus the number of 32-bit draws eager made since then
 (``_draws``). ``_mt19937.advance`` turns a position into the exact generator state in at most
-about 20 ms, whatever the distance. Hence:
+a few ms (at most about 8), whatever the distance. Hence:
 
 - when a :class:`~dormant.LazyInitContext` exits, every generator the model code drew from is
   set where eager construction leaves it (:func:`end_session`), so two contexts in a row
