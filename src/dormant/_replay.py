@@ -221,8 +221,7 @@ class _Lane:
         self.scratch = _Scratch()
 
 
-_RAN = object()  # events a replay thread sends to the calling thread
-_EXITED = object()
+_EXITED = object()  # the event a replay thread sends last
 
 
 class _Execution:
@@ -306,24 +305,29 @@ class _Execution:
 
         self.ready = send
         intra_op = torch.get_num_threads()  # the caller's: see the note
+        count = min(self.threads, len(batches))
+        # Ops run, one counter per replay thread: the bar catches up whenever an event wakes this
+        # thread (a value ready), instead of waking it after every op.
+        ran = [0] * count
         workers = [
             threading.Thread(
                 target=self._work,
-                args=(todo, events, stop, intra_op),
+                args=(todo, events, stop, intra_op, ran, i),
                 name=f"dormant-replay-{i}",
             )
-            for i in range(min(self.threads, len(batches)))
+            for i in range(count)
         ]
         error: BaseException | None = None
         try:
             for w in workers:
                 w.start()
-            running = len(workers)
+            running, shown = len(workers), 0
             while running:
                 event = events.get()
-                if event is _RAN:
-                    bar.update(1)
-                elif event is _EXITED:
+                if (done := sum(ran)) > shown:
+                    bar.update(done - shown)
+                    shown = done
+                if event is _EXITED:
                     running -= 1
                 elif isinstance(event, BaseException):
                     stop.set()
@@ -349,6 +353,8 @@ class _Execution:
         events: queue.SimpleQueue[object],
         stop: threading.Event,
         intra_op: int,
+        ran: list[int],
+        index: int,
     ) -> None:
         """A replay thread: run batches, each in recorded order, until none are left."""
         if torch.get_num_threads() != intra_op:  # (with OpenMP, a setting of this thread's)
@@ -365,7 +371,7 @@ class _Execution:
                         if stop.is_set():
                             break
                         self._execute(node, real, lane)
-                        events.put(_RAN)
+                        ran[index] += 1
         except BaseException as e:  # the calling thread raises it
             stop.set()
             events.put(e)
