@@ -36,7 +36,7 @@ from ._graph import (
     source,
     view_of,
 )
-from ._lazy_tensor import LazyTensor, describe
+from ._lazy_tensor import LazyTensor, describe, new_lazy
 from ._mapped import mapped_file
 from ._replay import compute, run_for_draws
 from ._session import RngMode, normalize_device, real_execution, recording_active, session
@@ -479,7 +479,7 @@ def _record_view(op: _Op, args: tuple[Any, ...], kwargs: dict[str, Any], in_cont
         meta_out = op.func(x._meta, *args[1:], **kwargs)
     except NotImplementedError:
         return _SLOW
-    return LazyTensor(meta_out, x._lazy_storage)
+    return new_lazy(meta_out, x._lazy_storage)
 
 
 def _record_fill(op: _Op, args: tuple[Any, ...], kwargs: dict[str, Any], in_context: bool) -> Any:
@@ -558,7 +558,7 @@ def _record_factory(
     storage = LazyStorage(nbytes, device)
     ref = TensorRef(storage, meta_out, 1, weak=True)
     storage.add_write(node, ref=ref, output_index=0, keeps_base=False)
-    out = LazyTensor(meta_out, storage)
+    out = new_lazy(meta_out, storage)
     if op.is_random:
         bound = _bind(op, args, kwargs)
         _attach_rng(node, bound, device, _draws.count(func, meta_out, bound, device))
@@ -680,10 +680,10 @@ def _wrap_views(op: _Op, bound: dict[str, Any], meta_out: Any) -> Any:
     """Outputs of view ops share their input's lazy storage; nothing is recorded."""
     storage = bound[op.view_source]._lazy_storage
     if isinstance(meta_out, torch.Tensor):
-        return LazyTensor(meta_out, storage)
+        return new_lazy(meta_out, storage)
 
     def wrap(m: Any) -> Any:
-        return LazyTensor(m, storage) if isinstance(m, torch.Tensor) else m
+        return new_lazy(m, storage) if isinstance(m, torch.Tensor) else m
 
     return tree_unflatten(*_map_flat(wrap, meta_out))
 
@@ -748,14 +748,14 @@ def _add_node(
             if isinstance(source, (list, tuple)):
                 source = source[index] if index < len(source) else None
             if isinstance(source, LazyTensor):
-                wrapped.append(source if alias.is_write else LazyTensor(m, source._lazy_storage))
+                wrapped.append(source if alias.is_write else new_lazy(m, source._lazy_storage))
                 continue
         storage = LazyStorage(m.untyped_storage().nbytes(), device)
         ref = TensorRef(storage, m, 1, weak=True)
         storage.add_write(node, ref=ref, output_index=index, keeps_base=False)
         if forced_flat is not None:
             _keep_forced(storage, forced_flat[index], str(func))
-        wrapped.append(LazyTensor(m, storage))
+        wrapped.append(new_lazy(m, storage))
 
     if op.is_random:
         target = next(m for m in out_flat if isinstance(m, torch.Tensor))
