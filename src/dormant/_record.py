@@ -506,7 +506,7 @@ def _record_fill(op: _Op, args: tuple[Any, ...], kwargs: dict[str, Any], in_cont
     node.flat_args = [ref, *flat[1:]]
     blind = op.write_only or op.names[0] == "out"
     if not blind:
-        node.reads.append(ref)
+        node.reads = [ref]
     s.add_write(node, ref=ref, keeps_base=not (blind and _covers_storage(x._meta, s)))
     if op.is_random:
         _attach_rng(node, bound, device, _draws.count(func, meta_out, bound, device))
@@ -711,6 +711,7 @@ def _add_node(
 
     node = Node(func, [], layout.spec)
     shape_only = op.shape_only
+    reads: list[TensorRef] = []
     for i, x in enumerate(flat):
         if not isinstance(x, LazyTensor):
             node.flat_args.append(_held(x) if not shape_only else x)
@@ -720,8 +721,10 @@ def _add_node(
         ref = TensorRef(s, x._meta, s.version, weak=weak, shape_only=shape_only)
         entry = written.get(i)
         if not shape_only and (entry is None or not entry[1]):
-            node.reads.append(ref)
+            reads.append(ref)
         node.flat_args.append(ref)
+    if reads:
+        node.reads = reads
 
     # In-place writes: each makes a new version of the storage written.
     for i, (t, blind) in written.items():
@@ -806,7 +809,7 @@ def _attach_rng(node: Node, bound: dict[str, Any], device: torch.device, draws: 
 def _keep_forced(storage: LazyStorage, value: torch.Tensor, op: str) -> None:
     storage.cache = value.untyped_storage()
     storage.cache_version = 1
-    storage.early.append(EarlyRecord(op, user_frame(), value.numel(), storage.nbytes))
+    storage.early += (EarlyRecord(op, user_frame(), value.numel(), storage.nbytes),)
 
 
 def as_lazy(value: Any) -> LazyTensor:
@@ -993,7 +996,7 @@ def evaluate(t: LazyTensor, reason: str) -> torch.Tensor:
         buf = compute([s])[id(s)]
         s.cache, s.cache_version = buf, s.version
         if not s.early:
-            s.early.append(EarlyRecord(reason, user_frame(), t.numel(), s.nbytes))
+            s.early = (EarlyRecord(reason, user_frame(), t.numel(), s.nbytes),)
     assert s.cache is not None
     with real_execution():
         return view_of(s.cache, t._meta)
