@@ -163,6 +163,7 @@ class _Op:
 
     __slots__ = (
         "alias_args",
+        "device_kw_only",
         "factory_schema",
         "fast",
         "forward",
@@ -215,6 +216,7 @@ class _Op:
         self.forward = packet in _FORWARD_OPS
         self.is_like = packet.__name__.endswith("_like")
         self.has_device = "device" in self.names
+        self.device_kw_only = all(a.kwarg_only for a in schema.arguments if a.name == "device")
         self.has_dtype = "dtype" in self.names
         self.meta_shortcut: _MetaShortcut | None = _META_SHORTCUTS.get(func)
         self.fast: _FastPath | None = _fast_path(self, schema)
@@ -523,8 +525,10 @@ def _record_factory(
     if device_arg is not None and torch.device(device_arg).type == "meta":
         return _SLOW
     func = op.func
-    bound = _bind(op, args, kwargs)
-    device = _output_device(bound, [])
+    if op.device_kw_only:
+        device = normalize_device(device_arg)  # what _output_device finds, without binding
+    else:
+        device = _output_device(_bind(op, args, kwargs), [])
     meta_kwargs = dict(kwargs)
     if op.has_device:
         meta_kwargs["device"] = _META
@@ -538,7 +542,7 @@ def _record_factory(
         meta_out = torch.empty_strided(size, stride, dtype=dtype, device=_META)
     else:
         try:
-            meta_out = op.meta(bound, args, meta_kwargs)
+            meta_out = op.meta(_bind(op, args, kwargs), args, meta_kwargs)
         except NotImplementedError:
             return _SLOW
         nbytes = meta_out.untyped_storage().nbytes()
