@@ -163,6 +163,7 @@ class _Op:
 
     __slots__ = (
         "alias_args",
+        "call",
         "device_kw_only",
         "factory_schema",
         "fast",
@@ -190,6 +191,8 @@ class _Op:
         packet = func.overloadpacket
         schema = func._schema
         self.func = func
+        # What ``func(...)`` calls: OpOverload.__call__ is a Python frame that only calls ``_op``.
+        self.call: Callable[..., Any] = func._op if type(func) is torch._ops.OpOverload else func
         self.special = _SPECIAL.get(packet)
         self.names = [a.name for a in schema.arguments]
         # Names of mutated arguments, and alias sets of the returns (with the argument each
@@ -228,7 +231,7 @@ class _Op:
             out = self.meta_shortcut(bound, meta_args, meta_kwargs)
             if out is not None:
                 return out
-        return self.func(*meta_args, **meta_kwargs)
+        return self.call(*meta_args, **meta_kwargs)
 
 
 # Keyed by ``id``: OpOverload hashes in Python, and every op would pay for it. The _Op holds its
@@ -478,7 +481,7 @@ def _record_view(op: _Op, args: tuple[Any, ...], kwargs: dict[str, Any], in_cont
     if not isinstance(x, LazyTensor):
         return _SLOW
     try:
-        meta_out = op.func(x._meta, *args[1:], **kwargs)
+        meta_out = op.call(x._meta, *args[1:], **kwargs)
     except NotImplementedError:
         return _SLOW
     return new_lazy(meta_out, x._lazy_storage)
@@ -491,12 +494,12 @@ def _record_fill(op: _Op, args: tuple[Any, ...], kwargs: dict[str, Any], in_cont
     if not isinstance(x, LazyTensor):
         return _SLOW
     func = op.func
-    bound = _bind(op, args, kwargs)
-    device = x.device
+    # Bound arguments are read only by meta shortcuts and random ops (zero_, fill_ need none).
+    bound = _bind(op, args, kwargs) if op.meta_shortcut or op.is_random else None
     meta_args = (x._meta, *args[1:])
-    meta_kwargs = dict(kwargs)
-    if meta_kwargs.get("generator") is not None:
-        meta_kwargs["generator"] = None
+    meta_kwargs = kwargs
+    if kwargs.get("generator") is not None:
+        meta_kwargs = {**kwargs, "generator": None}
     try:
         meta_out = op.meta(bound, meta_args, meta_kwargs)
     except NotImplementedError:
@@ -511,6 +514,8 @@ def _record_fill(op: _Op, args: tuple[Any, ...], kwargs: dict[str, Any], in_cont
         node.reads = [ref]
     s.add_write(node, ref=ref, keeps_base=not (blind and _covers_storage(x._meta, s)))
     if op.is_random:
+        assert bound is not None
+        device = x.device
         _attach_rng(node, bound, device, _draws.count(func, meta_out, bound, device))
     return x
 
