@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import itertools
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -68,7 +68,9 @@ class LazyStorage:
         # A real value computed early (``.item()`` and friends), valid at ``cache_version``.
         self.cache: torch.UntypedStorage | None = None
         self.cache_version = 0
-        self.early: list[EarlyRecord] = []
+        # A tuple, not a list: most storages never get one, and each object that lives as long
+        # as the graph makes every garbage collection during recording longer.
+        self.early: tuple[EarlyRecord, ...] = ()
 
     @property
     def version(self) -> int:
@@ -173,7 +175,7 @@ class Node:
         self.op = op
         self.flat_args = flat_args
         self.spec = spec
-        self.reads: list[TensorRef] = []
+        self.reads: Sequence[TensorRef] = ()  # set once, when the node reads anything
         self.writes: list[Write] = []
         self.rng: Any = None  # an ``_rng.RngStep`` for ops that draw random numbers
         self._label = label

@@ -36,7 +36,7 @@ from ._graph import (
     source,
     view_of,
 )
-from ._lazy_tensor import LazyTensor, describe
+from ._lazy_tensor import LazyTensor, describe, new_lazy
 from ._mapped import mapped_file
 from ._replay import compute, run_for_draws
 from ._session import RngMode, normalize_device, real_execution, recording_active, session
@@ -163,6 +163,8 @@ class _Op:
 
     __slots__ = (
         "alias_args",
+        "call",
+        "device_kw_only",
         "factory_schema",
         "fast",
         "forward",
@@ -189,6 +191,8 @@ class _Op:
         packet = func.overloadpacket
         schema = func._schema
         self.func = func
+        # What ``func(...)`` calls: OpOverload.__call__ is a Python frame that only calls ``_op``.
+        self.call: Callable[..., Any] = func._op if type(func) is torch._ops.OpOverload else func
         self.special = _SPECIAL.get(packet)
         self.names = [a.name for a in schema.arguments]
         # Names of mutated arguments, and alias sets of the returns (with the argument each
@@ -215,6 +219,7 @@ class _Op:
         self.forward = packet in _FORWARD_OPS
         self.is_like = packet.__name__.endswith("_like")
         self.has_device = "device" in self.names
+        self.device_kw_only = all(a.kwarg_only for a in schema.arguments if a.name == "device")
         self.has_dtype = "dtype" in self.names
         self.meta_shortcut: _MetaShortcut | None = _META_SHORTCUTS.get(func)
         self.fast: _FastPath | None = _fast_path(self, schema)
@@ -226,7 +231,7 @@ class _Op:
             out = self.meta_shortcut(bound, meta_args, meta_kwargs)
             if out is not None:
                 return out
-        return self.func(*meta_args, **meta_kwargs)
+        return self.call(*meta_args, **meta_kwargs)
 
 
 # Keyed by ``id``: OpOverload hashes in Python, and every op would pay for it. The _Op holds its
@@ -476,10 +481,10 @@ def _record_view(op: _Op, args: tuple[Any, ...], kwargs: dict[str, Any], in_cont
     if not isinstance(x, LazyTensor):
         return _SLOW
     try:
-        meta_out = op.func(x._meta, *args[1:], **kwargs)
+        meta_out = op.call(x._meta, *args[1:], **kwargs)
     except NotImplementedError:
         return _SLOW
-    return LazyTensor(meta_out, x._lazy_storage)
+    return new_lazy(meta_out, x._lazy_storage)
 
 
 def _record_fill(op: _Op, args: tuple[Any, ...], kwargs: dict[str, Any], in_context: bool) -> Any:
@@ -489,12 +494,12 @@ def _record_fill(op: _Op, args: tuple[Any, ...], kwargs: dict[str, Any], in_cont
     if not isinstance(x, LazyTensor):
         return _SLOW
     func = op.func
-    bound = _bind(op, args, kwargs)
-    device = x.device
+    # Bound arguments are read only by meta shortcuts and random ops (zero_, fill_ need none).
+    bound = _bind(op, args, kwargs) if op.meta_shortcut or op.is_random else None
     meta_args = (x._meta, *args[1:])
-    meta_kwargs = dict(kwargs)
-    if meta_kwargs.get("generator") is not None:
-        meta_kwargs["generator"] = None
+    meta_kwargs = kwargs
+    if kwargs.get("generator") is not None:
+        meta_kwargs = {**kwargs, "generator": None}
     try:
         meta_out = op.meta(bound, meta_args, meta_kwargs)
     except NotImplementedError:
@@ -506,9 +511,11 @@ def _record_fill(op: _Op, args: tuple[Any, ...], kwargs: dict[str, Any], in_cont
     node.flat_args = [ref, *flat[1:]]
     blind = op.write_only or op.names[0] == "out"
     if not blind:
-        node.reads.append(ref)
+        node.reads = [ref]
     s.add_write(node, ref=ref, keeps_base=not (blind and _covers_storage(x._meta, s)))
     if op.is_random:
+        assert bound is not None
+        device = x.device
         _attach_rng(node, bound, device, _draws.count(func, meta_out, bound, device))
     return x
 
@@ -523,8 +530,10 @@ def _record_factory(
     if device_arg is not None and torch.device(device_arg).type == "meta":
         return _SLOW
     func = op.func
-    bound = _bind(op, args, kwargs)
-    device = _output_device(bound, [])
+    if op.device_kw_only:
+        device = normalize_device(device_arg)  # what _output_device finds, without binding
+    else:
+        device = _output_device(_bind(op, args, kwargs), [])
     meta_kwargs = dict(kwargs)
     if op.has_device:
         meta_kwargs["device"] = _META
@@ -538,7 +547,7 @@ def _record_factory(
         meta_out = torch.empty_strided(size, stride, dtype=dtype, device=_META)
     else:
         try:
-            meta_out = op.meta(bound, args, meta_kwargs)
+            meta_out = op.meta(_bind(op, args, kwargs), args, meta_kwargs)
         except NotImplementedError:
             return _SLOW
         nbytes = meta_out.untyped_storage().nbytes()
@@ -558,7 +567,7 @@ def _record_factory(
     storage = LazyStorage(nbytes, device)
     ref = TensorRef(storage, meta_out, 1, weak=True)
     storage.add_write(node, ref=ref, output_index=0, keeps_base=False)
-    out = LazyTensor(meta_out, storage)
+    out = new_lazy(meta_out, storage)
     if op.is_random:
         bound = _bind(op, args, kwargs)
         _attach_rng(node, bound, device, _draws.count(func, meta_out, bound, device))
@@ -680,10 +689,10 @@ def _wrap_views(op: _Op, bound: dict[str, Any], meta_out: Any) -> Any:
     """Outputs of view ops share their input's lazy storage; nothing is recorded."""
     storage = bound[op.view_source]._lazy_storage
     if isinstance(meta_out, torch.Tensor):
-        return LazyTensor(meta_out, storage)
+        return new_lazy(meta_out, storage)
 
     def wrap(m: Any) -> Any:
-        return LazyTensor(m, storage) if isinstance(m, torch.Tensor) else m
+        return new_lazy(m, storage) if isinstance(m, torch.Tensor) else m
 
     return tree_unflatten(*_map_flat(wrap, meta_out))
 
@@ -711,6 +720,7 @@ def _add_node(
 
     node = Node(func, [], layout.spec)
     shape_only = op.shape_only
+    reads: list[TensorRef] = []
     for i, x in enumerate(flat):
         if not isinstance(x, LazyTensor):
             node.flat_args.append(_held(x) if not shape_only else x)
@@ -720,8 +730,10 @@ def _add_node(
         ref = TensorRef(s, x._meta, s.version, weak=weak, shape_only=shape_only)
         entry = written.get(i)
         if not shape_only and (entry is None or not entry[1]):
-            node.reads.append(ref)
+            reads.append(ref)
         node.flat_args.append(ref)
+    if reads:
+        node.reads = reads
 
     # In-place writes: each makes a new version of the storage written.
     for i, (t, blind) in written.items():
@@ -748,14 +760,14 @@ def _add_node(
             if isinstance(source, (list, tuple)):
                 source = source[index] if index < len(source) else None
             if isinstance(source, LazyTensor):
-                wrapped.append(source if alias.is_write else LazyTensor(m, source._lazy_storage))
+                wrapped.append(source if alias.is_write else new_lazy(m, source._lazy_storage))
                 continue
         storage = LazyStorage(m.untyped_storage().nbytes(), device)
         ref = TensorRef(storage, m, 1, weak=True)
         storage.add_write(node, ref=ref, output_index=index, keeps_base=False)
         if forced_flat is not None:
             _keep_forced(storage, forced_flat[index], str(func))
-        wrapped.append(LazyTensor(m, storage))
+        wrapped.append(new_lazy(m, storage))
 
     if op.is_random:
         target = next(m for m in out_flat if isinstance(m, torch.Tensor))
@@ -806,7 +818,7 @@ def _attach_rng(node: Node, bound: dict[str, Any], device: torch.device, draws: 
 def _keep_forced(storage: LazyStorage, value: torch.Tensor, op: str) -> None:
     storage.cache = value.untyped_storage()
     storage.cache_version = 1
-    storage.early.append(EarlyRecord(op, user_frame(), value.numel(), storage.nbytes))
+    storage.early += (EarlyRecord(op, user_frame(), value.numel(), storage.nbytes),)
 
 
 def as_lazy(value: Any) -> LazyTensor:
@@ -993,7 +1005,7 @@ def evaluate(t: LazyTensor, reason: str) -> torch.Tensor:
         buf = compute([s])[id(s)]
         s.cache, s.cache_version = buf, s.version
         if not s.early:
-            s.early.append(EarlyRecord(reason, user_frame(), t.numel(), s.nbytes))
+            s.early = (EarlyRecord(reason, user_frame(), t.numel(), s.nbytes),)
     assert s.cache is not None
     with real_execution():
         return view_of(s.cache, t._meta)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ._graph import EarlyRecord
@@ -46,7 +47,7 @@ class MaterializeReport:
         return 1.0 - self.early_numel / self.numel if self.numel else 1.0
 
     def add(
-        self, name: str, kind: SlotKind, numel: int, early: list[EarlyRecord], lazy: bool
+        self, name: str, kind: SlotKind, numel: int, early: Sequence[EarlyRecord], lazy: bool
     ) -> None:
         if kind is SlotKind.PARAMETER:
             self.parameters += 1

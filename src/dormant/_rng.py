@@ -25,6 +25,7 @@ at once, as eager would.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,6 +82,12 @@ class RngStep:
         self.stream: RngStream | None = None  # set while the step waits to be resolved
 
 
+def _raw(state: torch.Tensor) -> bytes:
+    """The bytes of a generator state (a contiguous CPU uint8 tensor). Not ``numpy()``: under
+    the recording mode that dispatches an ``aten.detach`` per call (about 5 us, against 0.5)."""
+    return ctypes.string_at(state.data_ptr(), state.numel())
+
+
 # Runs a step's op for its draws alone, from ``step.start``; returns the generator state after.
 Runner = Callable[[RngStep], torch.Tensor]
 
@@ -92,7 +99,7 @@ class RngStream:
         self.generator = generator
         self.device = generator.device  # a new torch.device at every read of the property
         self.seen = generator.get_state()  # what the generator held when last looked at
-        self._held = self.seen.numpy().tobytes()  # what it holds now: compared at every random op
+        self._held = _raw(self.seen)  # what it holds now: compared at every random op
         self.marked = False  # whether it holds a marker (see [Note: seeing a re-seed])
         self.cursor: Position | None = Position(self.seen)  # after the last step, if known
         self.pending: list[RngStep] = []  # steps waiting for an uncounted step to run
@@ -101,7 +108,7 @@ class RngStream:
     def _notice_changes(self) -> None:
         # Model code seeded the generator, or drew from it for real: eager goes on from there.
         current = self.generator.get_state()
-        raw = current.numpy().tobytes()
+        raw = _raw(current)
         if raw != self._held:
             self.seen, self._held, self.marked = current, raw, False
             self.cursor = Position(current)
@@ -112,11 +119,11 @@ class RngStream:
             return
         marker = _marker(self.seen)
         self.generator.set_state(marker)
-        self._held, self.marked = marker.numpy().tobytes(), True
+        self._held, self.marked = _raw(marker), True
 
     def unmark(self) -> None:
         """Give the generator back the state the marker stands for (model code failed)."""
-        if self.marked and self.generator.get_state().numpy().tobytes() == self._held:
+        if self.marked and _raw(self.generator.get_state()) == self._held:
             self.generator.set_state(self.seen)
         self.marked = False
 
@@ -137,7 +144,7 @@ class RngStream:
         step's position in the model code; it does not move the stream."""
         self._notice_changes()
         self.fast_count += 1
-        digest = hashlib.blake2b(self.seen.numpy().tobytes(), digest_size=8)
+        digest = hashlib.blake2b(_raw(self.seen), digest_size=8)
         digest.update(self.fast_count.to_bytes(8, "little"))
         derived = torch.Generator(device=self.device)
         derived.manual_seed(int.from_bytes(digest.digest(), "little") >> 1)

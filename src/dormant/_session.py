@@ -60,6 +60,8 @@ def normalize_device(device: str | int | torch.device | None) -> torch.device:
     """A ``torch.device`` with its index filled in (``"cuda"`` -> ``cuda:<current>``)."""
     if device is None:
         return torch.device("cpu")
+    if type(device) is torch.device and device.type == "cpu":
+        return device  # the common case, without making a new device
     if isinstance(device, int):
         device = torch.device("cuda", device)
     device = torch.device(device)
