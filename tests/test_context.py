@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 
 import pytest
@@ -73,6 +74,23 @@ def test_exception_in_model_code_leaves_torch_and_rng_as_before() -> None:
     with LazyInitContext():  # usable again
         m = nn.Linear(2, 2)
     assert is_lazy(materialize(m)) is False
+
+
+def test_garbage_collection_settings_come_back_after_the_context() -> None:
+    # Recording holds off full collections (its graph cannot be freed before materialize).
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(500, 7, 9)
+        with LazyInitContext():
+            nn.Linear(2, 2)
+            inside = gc.get_threshold()
+        assert gc.get_threshold() == (500, 7, 9)
+        assert inside[:2] == (500, 7), "young collections go on while recording"
+        with pytest.raises(ValueError), LazyInitContext():
+            raise ValueError("model code failed")
+        assert gc.get_threshold() == (500, 7, 9)
+    finally:
+        gc.set_threshold(*before)
 
 
 def test_shape_errors_are_raised_as_eager_raises_them() -> None:
