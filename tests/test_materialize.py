@@ -130,7 +130,7 @@ CYCLE_PROBE = textwrap.dedent(
 
     def cycle():
         with LazyInitContext():
-            m = nn.Sequential(*[nn.Linear(1024, 1024) for _ in range(8)])  # 32 MiB
+            m = nn.Sequential(*[nn.Linear(1024, 1024) for _ in range(16)])  # 64 MiB
         materialize(m)
         del m
         gc.collect()
@@ -147,15 +147,17 @@ CYCLE_PROBE = textwrap.dedent(
 
 
 def test_no_growth_across_build_materialize_cycles() -> None:
-    # 0-8 MiB of growth measured here (glibc's per-thread arenas of the replay threads), 0.1 MiB
-    # with "tuned"; one leaked cycle would be its 32 MiB model.
+    # Growth that is not a leak: glibc's per-thread arenas of the replay threads keep freed
+    # memory (0-8 MiB measured on a quiet machine, up to 27 MiB on a loaded one; 0.1 MiB with
+    # "tuned"). It does not grow with the model; one leaked cycle would be its 64 MiB model, a
+    # leak in every cycle 512 MiB.
     env = _allocator("default")
     out = subprocess.run(
         [sys.executable, "-c", CYCLE_PROBE], capture_output=True, text=True, check=True, env=env
     ).stdout
     grown, lazy_alive = map(int, out.split())
     assert lazy_alive == 0
-    assert grown < 16 * 2**20, f"resident memory grew by {grown / 2**20:.1f} MiB over 8 cycles"
+    assert grown < 48 * 2**20, f"resident memory grew by {grown / 2**20:.1f} MiB over 8 cycles"
 
 
 PEAK_PROBE = textwrap.dedent(
