@@ -147,17 +147,18 @@ CYCLE_PROBE = textwrap.dedent(
 
 
 def test_no_growth_across_build_materialize_cycles() -> None:
-    # Growth that is not a leak: glibc's per-thread arenas of the replay threads keep freed
-    # memory (0-8 MiB measured on a quiet machine, up to 27 MiB on a loaded one; 0.1 MiB with
-    # "tuned"). It does not grow with the model; one leaked cycle would be its 64 MiB model, a
-    # leak in every cycle 512 MiB.
+    # Growth that is not a leak: freed memory glibc keeps resident (once its mmap threshold has
+    # risen, the 4 MiB weights come from the heap and per-thread arenas, and freed blocks stay):
+    # 2-62 MiB measured over 8 cycles of this 64 MiB model, never more than about one model, and
+    # 0.1 MiB with "tuned". A leak in every cycle would be 8 x 64 MiB. Leaked lazy tensors are
+    # counted exactly (lazy_alive); tests above check the graph is freed by weak references.
     env = _allocator("default")
     out = subprocess.run(
         [sys.executable, "-c", CYCLE_PROBE], capture_output=True, text=True, check=True, env=env
     ).stdout
     grown, lazy_alive = map(int, out.split())
     assert lazy_alive == 0
-    assert grown < 48 * 2**20, f"resident memory grew by {grown / 2**20:.1f} MiB over 8 cycles"
+    assert grown < 96 * 2**20, f"resident memory grew by {grown / 2**20:.1f} MiB over 8 cycles"
 
 
 PEAK_PROBE = textwrap.dedent(
