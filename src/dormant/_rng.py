@@ -107,6 +107,10 @@ class RngStream:
 
     def _notice_changes(self) -> None:
         # Model code seeded the generator, or drew from it for real: eager goes on from there.
+        if self.marked and self.generator.initial_seed() == _MARK_SEED:
+            # Still the marker: a seed or a state set since would have replaced its seed field,
+            # and a real draw inside the context sets a real state first (place_for_real_draw).
+            return
         current = self.generator.get_state()
         raw = _raw(current)
         if raw != self._held:
