@@ -39,7 +39,6 @@ CHARPOLY = (
     17725, 17783, 17841, 17952, 18068, 18179, 18237, 18406, 18633, 18691, 18860, 19087, 19314,
     19937,
 )  # fmt: skip
-_M = 397  # mt19937's middle word offset
 # Below this many draws, drawing is faster than jumping: numpy draws about 2.3 ns a word here,
 # a jump costs about 1.1 ms to a distance met before, 2.3 ms to a new one, and twice that
 # when another process shares the cache (benchmarks/jump_cost.py).
