@@ -419,17 +419,25 @@ def _record(
     if device.type == "meta" and not op.mutated:
         return meta_out  # ``lazy.to("meta")``: a meta tensor, as eager gives; nothing to compute
     if not tensors:
-        # Pin the factory's defaults so replay does not depend on global settings then.
         first = meta_out if isinstance(meta_out, torch.Tensor) else tree_flatten(meta_out)[0][0]
-        kwargs = dict(kwargs)
-        if op.has_dtype and kwargs.get("dtype") is None:
-            kwargs["dtype"] = first.dtype
-        if op.has_device:
-            kwargs["device"] = device
-        kwargs.pop("pin_memory", None)
+        kwargs = _pinned_defaults(op, kwargs, first.dtype, device)
         bound = _bind(op, args, kwargs)
         flat, layout = flatten(args, kwargs)
     return _add_node(op, flat, layout, bound, meta_out, device, forced_out)
+
+
+def _pinned_defaults(
+    op: _Op, kwargs: dict[str, Any], dtype: torch.dtype, device: torch.device
+) -> dict[str, Any]:
+    """A factory's kwargs with its defaults pinned (dtype, device; no pin_memory), so replay does
+    not depend on global settings then."""
+    kwargs = dict(kwargs)
+    if op.has_dtype and kwargs.get("dtype") is None:
+        kwargs["dtype"] = dtype
+    if op.has_device:
+        kwargs["device"] = device
+    kwargs.pop("pin_memory", None)
+    return kwargs
 
 
 # [Note: fast paths]
@@ -555,13 +563,7 @@ def _record_factory(
             _remember_factory_meta(key, meta_out, nbytes)
     if device.type == "meta":
         return meta_out
-    # Pin the factory's defaults so replay does not depend on global settings then.
-    kwargs = dict(kwargs)
-    if op.has_dtype and kwargs.get("dtype") is None:
-        kwargs["dtype"] = meta_out.dtype
-    if op.has_device:
-        kwargs["device"] = device
-    kwargs.pop("pin_memory", None)
+    kwargs = _pinned_defaults(op, kwargs, meta_out.dtype, device)
     flat, layout = flatten(args, kwargs)
     node = Node(func, flat, layout.spec)
     storage = LazyStorage(nbytes, device)
