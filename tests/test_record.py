@@ -196,6 +196,38 @@ def test_meta_tensors_inside_the_context_stay_meta() -> None:
     assert type(t) is torch.Tensor and t.is_meta
 
 
+class _PartlyOnMeta(nn.Module):
+    """A skeleton built under ``torch.device("meta")`` (as transformers' ``from_pretrained``
+    builds), then a layer of real values: random inits, factories and views on meta."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        with torch.device("meta"):
+            self.skeleton = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Embedding(5, 8))
+            self.skeleton[0].weight.data.normal_(generator=torch.Generator())
+            self.transposed = nn.Parameter(self.skeleton[0].weight.detach().t())
+        self.head = nn.Linear(16, 4)
+
+
+def test_modules_built_on_meta_inside_the_context_stay_meta_and_draw_nothing() -> None:
+    torch.manual_seed(0)
+    eager = _PartlyOnMeta()
+    eager_rng = torch.get_rng_state()
+    torch.manual_seed(0)
+    with LazyInitContext():
+        lazy = _PartlyOnMeta()
+        inside = [(n, type(p), p.shape, p.stride(), p.dtype) for n, p in lazy.named_parameters()]
+    # Eager draws nothing on meta: the real layer's values and the generator say the same here.
+    assert torch.equal(torch.get_rng_state(), eager_rng)
+    expected = [(n, type(p), p.shape, p.stride(), p.dtype) for n, p in eager.named_parameters()]
+    on_meta = [row for row in inside if not row[0].startswith("head.")]
+    assert on_meta == [row for row in expected if not row[0].startswith("head.")]
+    assert all(p.is_meta for n, p in lazy.named_parameters() if not n.startswith("head."))
+    materialize(lazy.head)
+    assert torch.equal(lazy.head.weight, eager.head.weight)
+    assert torch.equal(lazy.head.bias, eager.head.bias)
+
+
 def test_real_tensors_made_before_the_context_stay_real() -> None:
     real = torch.ones(3)
     with LazyInitContext():

@@ -446,8 +446,10 @@ def _pinned_defaults(
 # tensor (``uniform_``, ``normal_``, ``fill_``, ``zero_``). For each kind, the schema alone tells
 # which steps of ``record_op`` and ``_record`` can matter: a fast path runs just those, in the same
 # order, with the same effects (the same node, flat arguments, spec, writes and random step). It
-# answers ``_SLOW`` for what it does not cover (a real tensor, a meta device, no meta kernel), and
-# the general path then takes the op from the start: nothing was recorded yet.
+# answers ``_SLOW`` for what it does not cover (a real tensor, no meta kernel), and the general
+# path then takes the op from the start: nothing was recorded yet. Model code that builds on the
+# meta device inside the context (transformers' ``from_pretrained`` does) gets plain meta tensors,
+# as eager does, by the same fast paths: nothing to record and, on meta, nothing drawn.
 
 _SLOW: Any = object()
 _FastPath = Callable[["_Op", tuple[Any, ...], dict[str, Any], bool], Any]
@@ -483,11 +485,19 @@ def _fast_path(op: _Op, schema: torch._C.FunctionSchema) -> _FastPath | None:
     return None
 
 
+# Plain tensors on the meta device, as model code makes them under ``torch.device("meta")``.
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def _is_plain_meta(x: Any) -> bool:
+    return type(x) in _PLAIN and x.device.type == "meta"
+
+
 def _record_view(op: _Op, args: tuple[Any, ...], kwargs: dict[str, Any], in_context: bool) -> Any:
     """A view of one lazy tensor (``detach``, ``t``, ``view``): a lazy tensor over its storage."""
     x = args[0] if args else None
     if not isinstance(x, LazyTensor):
-        return _SLOW
+        return op.call(*args, **kwargs) if _is_plain_meta(x) else _SLOW
     try:
         meta_out = op.call(x._meta, *args[1:], **kwargs)
     except NotImplementedError:
@@ -500,6 +510,9 @@ def _record_fill(op: _Op, args: tuple[Any, ...], kwargs: dict[str, Any], in_cont
     ``fill_``, ``zero_``): one node that writes its storage."""
     x = args[0] if args else None
     if not isinstance(x, LazyTensor):
+        if _is_plain_meta(x) and kwargs.get("generator") is None:
+            # A fill of a meta tensor: eager's result, and nothing is drawn on meta.
+            return op.meta(_bind(op, args, kwargs) if op.meta_shortcut else None, args, kwargs)
         return _SLOW
     func = op.func
     # Bound arguments are read only by meta shortcuts and random ops (zero_, fill_ need none).
@@ -532,11 +545,9 @@ def _record_factory(
     op: _Op, args: tuple[Any, ...], kwargs: dict[str, Any], in_context: bool
 ) -> Any:
     """A factory (``empty``, ``ones``, ``randn``) inside the context: one node, one new storage."""
-    if not in_context:
-        return _SLOW
+    if not in_context or kwargs.get("pin_memory"):
+        return _SLOW  # pinned: the general path (on meta, eager's error)
     device_arg = kwargs.get("device")
-    if device_arg is not None and torch.device(device_arg).type == "meta":
-        return _SLOW
     func = op.func
     if op.device_kw_only:
         device = normalize_device(device_arg)  # what _output_device finds, without binding
@@ -843,7 +854,7 @@ def _held(x: Any) -> Any:
 
 def _constant(value: torch.Tensor) -> LazyTensor:
     meta = meta_like(value)
-    return LazyTensor(meta, source(_held(value), meta, value.device, "constant"))
+    return new_lazy(meta, source(_held(value), meta, value.device, "constant"))
 
 
 # --- ops that need values ----------------------------------------------------------------------
@@ -878,7 +889,12 @@ def _lift_fresh(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], in_con
 def _local_scalar_dense(
     func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], in_context: bool
 ) -> Any:
-    return _run_forced(func, args, kwargs, in_context, reason="Tensor.item() (or bool, int, float)")
+    x = args[0]
+    if not isinstance(x, LazyTensor):
+        return func(*args, **kwargs)
+    value = evaluate(x, "Tensor.item() (or bool, int, float)")
+    with torch._C._DisableTorchDispatch():
+        return func(value)
 
 
 def _set_source(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], in_context: bool) -> Any:
@@ -910,7 +926,9 @@ _DATA: Any = torch._C.TensorBase.data
 
 def set_data(target: LazyTensor, value: LazyTensor) -> None:
     """Make ``target`` a view of ``value``'s lazy storage (``target.data = value``)."""
-    with torch._C.DisableTorchFunctionSubclass():
+    # Without Python dispatch: the one op this sends (``_has_compatible_shallow_copy_type``, a
+    # check of both tensors' dispatch keys) would otherwise be recorded as a metadata query.
+    with torch._C.DisableTorchFunctionSubclass(), torch._C._DisableTorchDispatch():
         _DATA.__set__(target, value)  # updates the reported shape and dtype at once
     target._meta = value._meta
     target._lazy_storage = value._lazy_storage
@@ -1000,8 +1018,9 @@ def evaluate(t: LazyTensor, reason: str) -> torch.Tensor:
     s = t._lazy_storage
     if s.version == 1 and isinstance(s.writers[0].op, Constant):
         # Real bytes handed to the context (safetensors reads ``storage[0]`` of every tensor it
-        # maps): nothing lazy to compute, so no replay and nothing to report.
-        with real_execution():
+        # maps): nothing lazy to compute, so no replay and nothing to report. Only real tensors
+        # here: turning Python dispatch off is enough (and cheaper than leaving the modes).
+        with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
             return view_of(s.writers[0].op().untyped_storage(), t._meta)
     if s.cache is None or s.cache_version != s.version:
         buf = compute([s])[id(s)]
