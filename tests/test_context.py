@@ -138,3 +138,20 @@ def test_cuda_default_device_equals_eager_on_cuda() -> None:
 def test_meta_default_device_is_refused_with_what_to_do() -> None:
     with pytest.raises(ValueError, match=r"default_device='meta'.*materialize cannot fill"):
         LazyInitContext(default_device="meta")
+
+
+def test_recording_does_not_import_dynamo() -> None:
+    # PyTorch wraps a dispatch mode in torch._dynamo.disable unless the mode opts out; the
+    # wrapper imports torch._dynamo at the first op (about 1 s and 70 MiB), and costs every op.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch, dormant\n"
+        "with dormant.LazyInitContext():\n"
+        "    m = torch.nn.Linear(4, 4)\n"
+        "dormant.materialize(m)\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False"]

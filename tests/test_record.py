@@ -454,8 +454,9 @@ def test_fast_paths_record_what_the_general_path_records(
 
 
 def test_factory_metadata_is_never_reused_for_other_arguments() -> None:
-    # Each pair differs in one argument (or the default dtype) that the remembered metadata of
-    # the first must not answer for the second (see [Note: factory metadata]).
+    # Each pair differs in one argument (or the default dtype) that what is remembered of the
+    # first (metadata, recorded arguments) must not answer for the second (see [Note: factory
+    # calls]).
     calls: list[Callable[[], torch.Tensor]] = [
         lambda: torch.empty(2, 3),
         lambda: torch.empty(3, 2),
@@ -466,6 +467,7 @@ def test_factory_metadata_is_never_reused_for_other_arguments() -> None:
         lambda: torch.empty_strided((2, 3), (3, 1)),
         lambda: torch.full((2,), 1),
         lambda: torch.full((2,), 1.0),
+        lambda: torch.full((2,), 2.0),  # same metadata, other values
         lambda: torch.full((2,), True),
         lambda: torch.arange(0, 6, 2),
         lambda: torch.arange(0, 6, 3),
@@ -484,6 +486,7 @@ def test_factory_metadata_is_never_reused_for_other_arguments() -> None:
             torch.set_default_dtype(default)
             eager = [geometry(call()) for call in calls]
             for _ in range(2):  # the second time, from what the first remembered
+                torch.manual_seed(0)
                 with LazyInitContext():
                     lazy = [call() for call in calls]
                 assert [geometry(t._meta) for t in lazy] == eager
@@ -491,5 +494,17 @@ def test_factory_metadata_is_never_reused_for_other_arguments() -> None:
                 assert [t._lazy_storage.nbytes for t in lazy] == [
                     t.untyped_storage().nbytes() for t in (call() for call in calls)
                 ]
+                # Values too (``empty`` aside): the recorded arguments are each call's own.
+                holder = nn.Module()
+                for i, t in enumerate(lazy):
+                    holder.register_buffer(f"t{i}", t)
+                torch.manual_seed(0)
+                expected = [call() for call in calls]
+                materialize(holder)
+                for i, (call, want) in enumerate(zip(calls, expected)):
+                    got = getattr(holder, f"t{i}")
+                    assert got.dtype == want.dtype and got.shape == want.shape
+                    if not any(name.startswith("empty") for name in call.__code__.co_names):
+                        assert torch.equal(got, want), i
     finally:
         torch.set_default_dtype(saved)

@@ -81,6 +81,19 @@ def flatten(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], A
     return flat, layout
 
 
+def leaves_layout(args: tuple[Any, ...], kwargs: dict[str, Any]) -> ArgLayout | None:
+    """The layout of a call whose arguments are all leaves, whose flat arguments are then
+    ``[*args, *kwargs.values()]``: the structure is the argument count and the keyword names
+    alone. None if some argument is not a leaf."""
+    key = ((-1,) * len(args), tuple(kwargs), (-1,) * len(kwargs))
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        _, layout = flatten(args, kwargs)  # checks the leaves against pytree, keeps the layout
+        if layout.per_op is None or layout.arg_sizes != key[0] or layout.kw_sizes != key[2]:
+            return None
+    return layout
+
+
 def _by_pytree(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], ArgLayout]:
     flat, spec = tree_flatten((args, kwargs))
     return flat, ArgLayout(spec)

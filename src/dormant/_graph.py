@@ -85,11 +85,10 @@ class LazyStorage:
         keeps_base: bool,
     ) -> Write:
         """Record that ``node`` writes this storage: the one place a new version is made."""
-        write = Write(
-            self, self.version + 1, ref=ref, output_index=output_index, keeps_base=keeps_base
-        )
+        writers = self.writers
+        write = Write(self, len(writers) + 1, ref, output_index, keeps_base)
         node.writes.append(write)
-        self.writers.append(node)
+        writers.append(node)
         return write
 
 
@@ -133,9 +132,8 @@ class Write:
         self,
         storage: LazyStorage,
         version: int,
-        *,
-        ref: TensorRef | None = None,
-        output_index: int | None = None,
+        ref: TensorRef | None,
+        output_index: int | None,
         keeps_base: bool,
     ) -> None:
         self._storage = weakref.ref(storage)

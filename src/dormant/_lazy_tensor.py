@@ -139,16 +139,22 @@ _make_wrapper_subclass = torch.Tensor._make_wrapper_subclass
 
 
 def _wrap(cls: type[LazyTensor], meta: torch.Tensor, storage: LazyStorage) -> LazyTensor:
-    t: LazyTensor = _make_wrapper_subclass(
-        cls,
-        meta.size(),
-        strides=meta.stride(),
-        storage_offset=meta.storage_offset(),
-        dtype=meta.dtype,
-        layout=meta.layout,
-        device=storage.device,
-        requires_grad=False,
-    )
+    offset = meta.storage_offset()
+    if offset == 0 and meta.layout == torch.strided:
+        # The common case, without the arguments that have these defaults: each one is parsed.
+        t: LazyTensor = _make_wrapper_subclass(
+            cls, meta.size(), strides=meta.stride(), dtype=meta.dtype, device=storage.device
+        )
+    else:
+        t = _make_wrapper_subclass(
+            cls,
+            meta.size(),
+            strides=meta.stride(),
+            storage_offset=offset,
+            dtype=meta.dtype,
+            layout=meta.layout,
+            device=storage.device,
+        )
     t._meta = meta
     t._lazy_storage = storage
     return t

@@ -24,7 +24,7 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from . import _draws, _lazy_tensor, _rng
-from ._flat import ArgLayout, flatten, unflatten
+from ._flat import ArgLayout, flatten, leaves_layout, unflatten
 from ._graph import (
     Constant,
     DeferredCall,
@@ -525,11 +525,12 @@ def _record_fill(op: _Op, args: tuple[Any, ...], kwargs: dict[str, Any], in_cont
         meta_out = op.meta(bound, meta_args, meta_kwargs)
     except NotImplementedError:
         return _SLOW
-    flat, layout = flatten(args, kwargs)
+    layout = leaves_layout(args, kwargs)  # no lists in the schema (see _fast_path)
+    if layout is None:
+        return _SLOW
     s = x._lazy_storage
-    node = Node(func, [], layout.spec)
     ref = TensorRef(s, x._meta, s.version, weak=True)
-    node.flat_args = [ref, *flat[1:]]
+    node = Node(func, [ref, *args[1:], *kwargs.values()], layout.spec)
     blind = op.write_only or op.names[0] == "out"
     if not blind:
         node.reads = [ref]
@@ -548,80 +549,115 @@ def _record_factory(
     if not in_context or kwargs.get("pin_memory"):
         return _SLOW  # pinned: the general path (on meta, eager's error)
     device_arg = kwargs.get("device")
-    func = op.func
     if op.device_kw_only:
         device = normalize_device(device_arg)  # what _output_device finds, without binding
     else:
         device = _output_device(_bind(op, args, kwargs), [])
-    meta_kwargs = dict(kwargs)
-    if op.has_device:
-        meta_kwargs["device"] = _META
-    meta_kwargs.pop("pin_memory", None)
-    if meta_kwargs.get("generator") is not None:
-        meta_kwargs["generator"] = None
-    key = _factory_key(op, args, meta_kwargs)
-    known = _FACTORY_META.get(key) if key is not None else None
-    if known is not None:
-        size, stride, dtype, nbytes = known
-        meta_out = torch.empty_strided(size, stride, dtype=dtype, device=_META)
+    key = _factory_key(op, args, kwargs, device)
+    call = _FACTORY_CALLS.get(key) if key is not None else None
+    if call is not None:
+        meta_out = torch.empty_strided(call.size, call.stride, dtype=call.dtype, device=_META)
     else:
-        try:
-            meta_out = op.meta(_bind(op, args, kwargs), args, meta_kwargs)
-        except NotImplementedError:
+        made = _factory_call(op, args, kwargs, device, key)
+        if made is None:
             return _SLOW
-        nbytes = meta_out.untyped_storage().nbytes()
-        if key is not None:
-            _remember_factory_meta(key, meta_out, nbytes)
+        call, meta_out = made
     if device.type == "meta":
         return meta_out
-    kwargs = _pinned_defaults(op, kwargs, meta_out.dtype, device)
-    flat, layout = flatten(args, kwargs)
-    node = Node(func, flat, layout.spec)
-    storage = LazyStorage(nbytes, device)
+    node = Node(op.func, list(call.flat), call.spec)
+    storage = LazyStorage(call.nbytes, device)
     ref = TensorRef(storage, meta_out, 1, weak=True)
     storage.add_write(node, ref=ref, output_index=0, keeps_base=False)
     out = new_lazy(meta_out, storage)
     if op.is_random:
-        bound = _bind(op, args, kwargs)
-        _attach_rng(node, bound, device, _draws.count(func, meta_out, bound, device))
+        bound = _bind(op, args, call.kwargs)
+        _attach_rng(node, bound, device, _draws.count(op.func, meta_out, bound, device))
     return out
 
 
-# [Note: factory metadata]
+# [Note: factory calls]
 # A factory's meta output depends only on its arguments (with the device already meta, the
-# generator dropped) and on the default dtype: no tensor goes in. Models make the same few
-# shapes over and over, so the first result of each call is remembered (size, strides, dtype,
-# storage bytes) and later ones are made with ``empty_strided``: 1 us against 3 us for
-# ``empty``'s kernel and 5-20 us for decompositions (``ones``, ``full``, ``randn``). Only plain
-# arguments make a key (numbers tagged with their type, since ``full((2,), 1)`` and
-# ``full((2,), 1.0)`` differ in dtype; lists of ints; dtypes, devices, layouts, memory formats,
-# strings, None), only results ``empty_strided`` rebuilds exactly are remembered, and failures
-# never are: the kernel raises its error at every such call.
+# generator dropped) and on the default dtype: no tensor goes in. So does what recording keeps of
+# the call (its arguments with dtype and device pinned, flattened). Models make the same few
+# shapes over and over, so the first call of each kind is remembered (size, strides, dtype and
+# storage bytes of the result; the recorded arguments) and later ones only make the meta tensor
+# with ``empty_strided``: 1 us against 3 us for ``empty``'s kernel and 5-20 us for
+# decompositions (``ones``, ``full``, ``randn``). Only plain arguments make a key (numbers tagged
+# with their type, since ``full((2,), 1)`` and ``full((2,), 1.0)`` differ in dtype; lists of
+# ints; dtypes, devices, layouts, memory formats, strings, None), only results ``empty_strided``
+# rebuilds exactly are remembered, and failures never are: the kernel raises its error at every
+# such call.
 
-_FACTORY_META: dict[tuple[Any, ...], tuple[torch.Size, tuple[int, ...], torch.dtype, int]] = {}
-_FACTORY_META_SIZE = 4096
+
+class _FactoryCall:
+    """What recording keeps of one kind of factory call: see [Note: factory calls]."""
+
+    __slots__ = ("dtype", "flat", "kwargs", "nbytes", "size", "spec", "stride")
+
+    def __init__(
+        self, meta: torch.Tensor, kwargs: dict[str, Any], flat: list[Any], layout: ArgLayout
+    ) -> None:
+        self.size, self.stride, self.dtype = meta.shape, meta.stride(), meta.dtype
+        self.nbytes = meta.untyped_storage().nbytes()
+        self.kwargs = kwargs  # with dtype and device pinned
+        self.flat = flat  # of (args, kwargs), as recorded
+        self.spec = layout.spec
+
+
+_FACTORY_CALLS: dict[tuple[Any, ...], _FactoryCall] = {}
+_FACTORY_CALLS_SIZE = 4096
 _KEY_TYPES = frozenset(
     {int, float, bool, complex, str, type(None), torch.dtype, torch.device, torch.layout}
     | {torch.memory_format}
 )
 
 
-def _factory_key(op: _Op, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
-    key: list[Any] = [id(op), torch.get_default_dtype(), tuple(kwargs)]
+def _factory_key(
+    op: _Op, args: tuple[Any, ...], kwargs: dict[str, Any], device: torch.device
+) -> tuple[Any, ...] | None:
+    key: list[Any] = [id(op), torch.get_default_dtype(), device, tuple(kwargs)]
     for value in (*args, *kwargs.values()):
         kind = type(value)
         if kind is list:
-            if not all(type(n) is int for n in value):
-                return None
-            key.append(tuple(value))
-        elif kind in _KEY_TYPES:
-            key.append((kind, value))
-        else:
+            value = tuple(value)
+            if tuple(map(type, value)) != (int,) * len(value):
+                return None  # SymInts, or anything else that is not a plain int
+        elif kind not in _KEY_TYPES:
             return None
+        key += (kind, value)  # each value tagged with its type, flat: no tuple per value
     return tuple(key)
 
 
-def _remember_factory_meta(key: tuple[Any, ...], meta: torch.Tensor, nbytes: int) -> None:
+def _factory_call(
+    op: _Op,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    device: torch.device,
+    key: tuple[Any, ...] | None,
+) -> tuple[_FactoryCall, torch.Tensor] | None:
+    """Run the factory's meta kernel: what recording keeps of the call (remembered under
+    ``key`` when its result is plain), and the result; None if it has no meta kernel."""
+    meta_kwargs = dict(kwargs)
+    if op.has_device:
+        meta_kwargs["device"] = _META
+    meta_kwargs.pop("pin_memory", None)
+    if meta_kwargs.get("generator") is not None:
+        meta_kwargs["generator"] = None
+    try:
+        meta = op.meta(_bind(op, args, kwargs), args, meta_kwargs)
+    except NotImplementedError:
+        return None
+    pinned = _pinned_defaults(op, kwargs, meta.dtype, device)
+    call = _FactoryCall(meta, pinned, *flatten(args, pinned))
+    if key is not None and _rebuilds_exactly(meta, call.nbytes):
+        if len(_FACTORY_CALLS) >= _FACTORY_CALLS_SIZE:
+            _FACTORY_CALLS.clear()  # shapes of earlier models: start again
+        _FACTORY_CALLS[key] = call
+    return call, meta
+
+
+def _rebuilds_exactly(meta: torch.Tensor, nbytes: int) -> bool:
+    """Whether ``empty_strided(size, stride, dtype)`` on meta gives ``meta`` back exactly."""
     if (
         type(meta) is not torch.Tensor
         or meta.layout != torch.strided
@@ -631,13 +667,9 @@ def _remember_factory_meta(key: tuple[Any, ...], meta: torch.Tensor, nbytes: int
         or meta.is_neg()
         or any(name is not None for name in getattr(meta, "names", ()))  # named tensors
     ):
-        return
-    size, stride, dtype = meta.shape, meta.stride(), meta.dtype
-    again = torch.empty_strided(size, stride, dtype=dtype, device=_META)
-    if again.untyped_storage().nbytes() == nbytes:
-        if len(_FACTORY_META) >= _FACTORY_META_SIZE:
-            _FACTORY_META.clear()  # shapes of earlier models: start again
-        _FACTORY_META[key] = (size, stride, dtype, nbytes)
+        return False
+    again = torch.empty_strided(meta.shape, meta.stride(), dtype=meta.dtype, device=_META)
+    return again.untyped_storage().nbytes() == nbytes
 
 
 # [Note: meta shortcuts]

@@ -28,7 +28,6 @@ from __future__ import annotations
 import ctypes
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -40,12 +39,21 @@ if TYPE_CHECKING:
     from ._graph import Node
 
 
-@dataclass(frozen=True, eq=False)
 class Position:
-    """A place on a generator's stream: ``draws`` 32-bit draws after the state ``anchor``."""
+    """A place on a generator's stream: ``draws`` 32-bit draws after the state ``anchor``.
 
-    anchor: torch.Tensor
-    draws: int = 0
+    Never changed once made (every recorded random op makes one: a plain class with slots,
+    which a frozen dataclass is not, costs a third of one).
+    """
+
+    __slots__ = ("anchor", "draws")
+
+    def __init__(self, anchor: torch.Tensor, draws: int = 0) -> None:
+        self.anchor = anchor
+        self.draws = draws
+
+    def __repr__(self) -> str:
+        return f"Position(draws={self.draws})"
 
     def state(self) -> torch.Tensor:
         """The exact generator state at this position."""
@@ -208,8 +216,13 @@ class Session:
     def __init__(self) -> None:
         # Keyed by the C++ generator: the dispatcher hands out new Python objects for it.
         self.streams: dict[int, RngStream] = {}
+        self._cpu_default: RngStream | None = None  # what most random ops draw from
 
     def stream_for(self, generator: torch.Generator | None, device: torch.device) -> RngStream:
+        if generator is None and device.type == "cpu":
+            if self._cpu_default is None:
+                self._cpu_default = self.stream_for(torch.default_generator, device)
+            return self._cpu_default
         gen = generator if generator is not None else default_generator(device)
         key: int = gen._cdata  # type: ignore[attr-defined]
         stream = self.streams.get(key)
@@ -222,6 +235,7 @@ class Session:
         for stream in self.streams.values():
             stream.unmark()
         self.streams.clear()
+        self._cpu_default = None
 
     def finish(self, run: Runner) -> None:
         """Set every generator where eager construction would have left it."""
@@ -230,6 +244,7 @@ class Session:
                 stream.generator.set_state(stream.end_state(run))
         finally:
             self.streams.clear()
+            self._cpu_default = None
 
 
 _active: Session | None = None

@@ -56,10 +56,13 @@ def real_execution() -> Iterator[None]:
         yield
 
 
+_CPU = torch.device("cpu")
+
+
 def normalize_device(device: str | int | torch.device | None) -> torch.device:
     """A ``torch.device`` with its index filled in (``"cuda"`` -> ``cuda:<current>``)."""
     if device is None:
-        return torch.device("cpu")
+        return _CPU
     if type(device) is torch.device and device.type == "cpu":
         return device  # the common case, without making a new device
     if isinstance(device, int):
