@@ -10,9 +10,10 @@ process that has imported the libraries and done no tensor work (``--spawn`` sta
 interpreter instead: same figures, but ~7 s of CPU per process goes to imports). In the fresh
 process: ``torch.set_num_threads(2)``, a tiny warm-up build of the same model family by the same
 system, ``gc`` and ``malloc_trim``, then RSS is read, the model is built from ``manual_seed(0)``
-and timed, and peak memory is ``ru_maxrss`` minus that RSS. The first repeat of each full-size
-build also writes a SHA-256 digest per state-dict tensor (bytes, dtype, shape) to
-``OUT/digests/ENV-SYSTEM-MODEL.json``, after the figures are taken; report.py compares them.
+and timed, and peak memory is ``VmHWM`` (the process's peak RSS) minus that RSS. The first
+repeat of each full-size build also writes a SHA-256 digest per state-dict tensor (bytes, dtype,
+shape) to ``OUT/digests/ENV-SYSTEM-MODEL.json``, after the figures are taken; report.py compares
+them.
 
 Results are appended as JSON lines to ``OUT/results.jsonl``. Nothing here asserts a time limit.
 """
@@ -27,7 +28,6 @@ import hashlib
 import json
 import os
 import platform
-import resource
 import signal
 import subprocess
 import sys
@@ -57,7 +57,13 @@ def _rss() -> int:
 
 
 def _maxrss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    """Peak RSS of this process since it started (``VmHWM``). Not ``ru_maxrss``: a process
+    started by another inherits the parent's peak in it (Linux keeps it across exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _trim() -> None:

@@ -12,7 +12,7 @@ loading it in a fresh process, median of ``--repeat``:
 each once with the checkpoint's dtype and once with ``dtype=torch.bfloat16``. After loading,
 every value is read once, a SHA-256 of the state dict, so that the pages of a memory-mapped
 file count in the peak as they would in training, and the table can say whether each way gives
-transformers' values. Peak: ``ru_maxrss`` minus RSS before loading.
+transformers' values. Peak: ``VmHWM`` (peak RSS) minus RSS before loading.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench import _maxrss
 from models import LLAMA
 from tables import MIB, emit, parse_args
 
@@ -41,7 +42,6 @@ def config(size: str) -> object:
 
 
 def worker(way: str, path: str, dtype_name: str) -> None:
-    import resource
     import time
 
     import psutil
@@ -72,7 +72,7 @@ def worker(way: str, path: str, dtype_name: str) -> None:
     digest = hashlib.sha256()  # reads every value once
     for _, p in sorted(model.state_dict().items()):
         digest.update(p.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    peak = _maxrss() - before
     model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     print(json.dumps({"seconds": seconds, "peak": peak, "model_bytes": model_bytes,
                       "digest": digest.hexdigest()}))  # fmt: skip

@@ -7,7 +7,7 @@ Usage (from the repository root, main venv):
 ``--threads 0`` is materialize's default (``torch.get_num_threads()``). Each measurement runs in
 a fresh process forked from a template that only imported the libraries (as bench.py does):
 ``torch.set_num_threads(2)``, a tiny warm-up build of the same family by the same system, then
-RSS is read, the model is built from ``manual_seed(0)`` and timed, and the peak is ``ru_maxrss``
+RSS is read, the model is built from ``manual_seed(0)`` and timed, and the peak is ``VmHWM``
 minus that RSS. Systems alternate within each repeat, so every ratio is to an eager build of the
 same repeat; the table shows medians, and the CPU time of all the process's threads (on a
 busy machine wall time shows how much CPU the build got, CPU time what it needed). Nothing here

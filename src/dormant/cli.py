@@ -38,10 +38,24 @@ SIZES: dict[str, dict[str, Any]] = {
 }
 
 
-def _probe(mode: str, size: str, seed: int) -> dict[str, Any]:
-    """Build the model in this process; return timings, peak memory and a digest per tensor."""
+def _peak_rss() -> int:
+    """This process's peak RSS in bytes: ``VmHWM`` where Linux has it (``ru_maxrss`` would also
+    count the parent's peak, which Linux keeps across exec), else ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     import resource
 
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def _probe(mode: str, size: str, seed: int) -> dict[str, Any]:
+    """Build the model in this process; return timings, peak memory and a digest per tensor."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -76,7 +90,7 @@ def _probe(mode: str, size: str, seed: int) -> dict[str, Any]:
     return {
         "construct": built - start,
         "total": done - start,
-        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_mib": _peak_rss() / 2**20,
         "parameters": sum(p.numel() for p in model.parameters()),
         "digests": digests,
         "rng": hashlib.sha256(torch.get_rng_state().numpy().tobytes()).hexdigest(),
