@@ -54,9 +54,12 @@ def module_tensors(module: nn.Module) -> Iterator[Slot]:
             if b is not None:
                 yield Slot(dot + name, SlotKind.BUFFER, b)
         for name, value in vars(mod).items():
-            if name in ("_parameters", "_buffers", "_modules"):
-                continue
-            yield from _attribute_tensors(dot + name, value)
+            # (most attributes hold neither a tensor nor a container: no generator for them)
+            if isinstance(value, (torch.Tensor, list, tuple, dict)) and name not in _REGISTRIES:
+                yield from _attribute_tensors(dot + name, value)
+
+
+_REGISTRIES = ("_parameters", "_buffers", "_modules")
 
 
 def _attribute_tensors(name: str, value: object) -> Iterator[Slot]:

@@ -583,6 +583,8 @@ def _chains(nodes: list[tuple[Node, bool]]) -> list[list[int]]:
 def _cost(node: Node) -> int:
     """A node's work, roughly: the bytes it writes, plus the Python around any op."""
     written = _NODE_BYTES
+    if isinstance(node.op, Constant):
+        return written  # real bytes handed over as they are (a checkpoint's mapped pages)
     for w in node.writes:
         if w.ref is not None:
             written += w.ref.meta.numel() * w.ref.meta.element_size()
