@@ -402,11 +402,7 @@ def _record(
     bound = _bind(op, args, kwargs)
     device = _output_device(bound, tensors)
     meta_args, meta_kwargs = unflatten([_to_meta(x) for x in flat], layout)
-    if op.has_device and (not tensors or meta_kwargs.get("device") is not None):
-        meta_kwargs["device"] = _META
-    meta_kwargs.pop("pin_memory", None)
-    if meta_kwargs.get("generator") is not None:
-        meta_kwargs["generator"] = None  # shapes never depend on it; some meta kernels refuse it
+    _for_meta_kernel(op, meta_kwargs, to_meta=not tensors or meta_kwargs.get("device") is not None)
     forced_out = None
     try:
         meta_out = op.meta(bound, meta_args, meta_kwargs)
@@ -424,6 +420,17 @@ def _record(
         bound = _bind(op, args, kwargs)
         flat, layout = flatten(args, kwargs)
     return _add_node(op, flat, layout, bound, meta_out, device, forced_out)
+
+
+def _for_meta_kernel(op: _Op, kwargs: dict[str, Any], *, to_meta: bool) -> None:
+    """Make a call's kwargs (a copy) fit for its meta kernel: the device meta when ``to_meta``
+    (an explicit device, or a factory), no pinned memory, no generator (shapes never depend on
+    it; some meta kernels refuse it)."""
+    if op.has_device and to_meta:
+        kwargs["device"] = _META
+    kwargs.pop("pin_memory", None)
+    if kwargs.get("generator") is not None:
+        kwargs["generator"] = None
 
 
 def _pinned_defaults(
@@ -638,11 +645,7 @@ def _factory_call(
     """Run the factory's meta kernel: what recording keeps of the call (remembered under
     ``key`` when its result is plain), and the result; None if it has no meta kernel."""
     meta_kwargs = dict(kwargs)
-    if op.has_device:
-        meta_kwargs["device"] = _META
-    meta_kwargs.pop("pin_memory", None)
-    if meta_kwargs.get("generator") is not None:
-        meta_kwargs["generator"] = None
+    _for_meta_kernel(op, meta_kwargs, to_meta=True)
     try:
         meta = op.meta(_bind(op, args, kwargs), args, meta_kwargs)
     except NotImplementedError:

@@ -539,11 +539,12 @@ def _batches(nodes: list[tuple[Node, bool]], threads: int) -> list[list[tuple[No
     """``nodes`` cut into batches of whole chains for ``threads`` replay threads, each batch in
     recorded order (see [Note: parallel replay]); one batch when threads would not pay."""
     cost = [_cost(node) for node, _ in nodes]
-    if sum(cost) - _NODE_BYTES * len(nodes) < MIN_BATCH_BYTES:
+    total = sum(cost)
+    if total - _NODE_BYTES * len(nodes) < MIN_BATCH_BYTES:
         # Less data than one batch is worth (checkpoint bytes handed over as they are, tiny
         # tensors): the Python around the ops is the work, and it holds the GIL.
         return [nodes]
-    share = max(sum(cost) / (threads * BATCHES_PER_THREAD), MIN_BATCH_BYTES)
+    share = max(total / (threads * BATCHES_PER_THREAD), MIN_BATCH_BYTES)
     batch_of = [0] * len(nodes)
     batch, filled = 0, 0
     for chain in _chains(nodes):
