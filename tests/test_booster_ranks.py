@@ -466,11 +466,9 @@ def test_shard_only_boost_is_exact_at_four_ranks(
 def scenario_shard_memory() -> dict[str, Any]:
     """Per-rank peak memory of boosting a 400 MB lazy Llama with FSDP2, default allocator."""
 
-    def peak_rss() -> int:  # VmHWM: ru_maxrss would include a parent's peak (kept across exec)
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
-
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from dormant.cli import _peak_rss as peak_rss  # VmHWM: not the parent's peak
 
     config = LlamaConfig(
         hidden_size=768,

@@ -327,9 +327,7 @@ def test_a_file_that_is_not_a_checkpoint_is_named_with_the_formats(
 PEAK_PROBE = textwrap.dedent(
     """
     import sys, psutil, torch
-    def peak_rss():  # VmHWM: ru_maxrss would include the parent's peak (kept across exec)
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    from dormant.cli import _peak_rss as peak_rss  # VmHWM: not the parent's peak
     from torch import nn
     from dormant import LazyInitContext, load_checkpoint, materialize
     with LazyInitContext():

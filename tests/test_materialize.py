@@ -164,9 +164,7 @@ def test_no_growth_across_build_materialize_cycles() -> None:
 PEAK_PROBE = textwrap.dedent(
     """
     import sys, torch, psutil
-    def peak_rss():  # VmHWM: ru_maxrss would include the parent's peak (kept across exec)
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    from dormant.cli import _peak_rss as peak_rss  # VmHWM: not the parent's peak
     from torch import nn
     from dormant import LazyInitContext, materialize
     torch.set_num_threads(1)
