@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-_last: tuple[int, int, str] | None = None  # (start, end, path) of the last mapping found
-
 
 @dataclass(frozen=True)
 class MappedFile:
@@ -38,30 +36,78 @@ class MappedFile:
         return None
 
 
+@dataclass
+class _Mapping:
+    """One range of this process's address space, as ``/proc/self/maps`` lists it."""
+
+    start: int
+    end: int
+    path: str  # "" for anonymous memory
+    link: str  # its /proc/self/map_files entry (file mappings): the file mapped there now
+    file: tuple[int, int] | None = None  # (device, inode) of the file mapped there, when seen
+
+
+_last: _Mapping | None = None  # the last range found: a checkpoint's tensors share one
+_known: MappedFile | None = None  # the last answer, given again while the file is the same
+_map_files = True  # whether this /proc has map_files (Linux 3.3 and later, not every sandbox)
+
+
 def mapped_file(address: int) -> MappedFile | None:
     """The regular file mapped at ``address`` in this process, if any."""
-    global _last
+    global _last, _known, _map_files
     if address == 0:
         return None  # a null data pointer: an empty storage, no bytes (and no need to read maps)
-    if _last is None or not _last[0] <= address < _last[1]:
-        _last = _find(address)
-    if _last is None or not _last[2].startswith("/"):
+    m = _last
+    if m is None or not m.start <= address < m.end:
+        m = _last = _find(address)
+    if m is None or not m.path.startswith("/"):
         return None
+    st = None
+    if _map_files:
+        # A range can be unmapped and another file mapped at the same addresses (the shards of
+        # a checkpoint, one after the other, are often the same size): the range's own entry
+        # names the file mapped there now, and stats it in the same call.
+        st = _stat(m.link)
+        if m.file is not None and (st is None or (st.st_dev, st.st_ino) != m.file):
+            m = _last = _find(address)
+            if m is None or not m.path.startswith("/"):
+                return None
+            st = _stat(m.link)
+        if st is None:
+            _map_files = False  # a file mapping without an entry: this /proc has none
+        else:
+            m.file = (st.st_dev, st.st_ino)
+    if st is None:
+        st = _stat(m.path)
+        if st is None:
+            return None
+    k = _known
+    if k is None or (k.path, k.inode, k.size, k.mtime_ns) != (
+        m.path,
+        st.st_ino,
+        st.st_size,
+        st.st_mtime_ns,
+    ):
+        k = _known = MappedFile(m.path, st.st_ino, st.st_size, st.st_mtime_ns)
+    return k
+
+
+def _stat(path: str) -> os.stat_result | None:
     try:
-        st = os.stat(_last[2])
+        return os.stat(path)
     except OSError:
         return None
-    return MappedFile(_last[2], st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _find(address: int) -> tuple[int, int, str] | None:
+def _find(address: int) -> _Mapping | None:
     try:
         with open("/proc/self/maps") as maps:
             for line in maps:
                 fields = line.split(maxsplit=5)
                 start, end = (int(x, 16) for x in fields[0].split("-"))
                 if start <= address < end:  # anonymous memory too, so that misses are cached
-                    return start, end, fields[5].strip() if len(fields) == 6 else ""
+                    path = fields[5].strip() if len(fields) == 6 else ""
+                    return _Mapping(start, end, path, f"/proc/self/map_files/{fields[0]}")
     except OSError:
         pass
     return None

@@ -14,6 +14,7 @@ import math
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -34,8 +35,7 @@ class SlotKind(enum.Enum):
     ATTRIBUTE = "attribute"  # a plain attribute, or in a list or dict attribute
 
 
-@dataclass(frozen=True)
-class Slot:
+class Slot(NamedTuple):  # a tuple: made once per tensor at every scan of a model
     """A place where a module holds a tensor: a parameter, a buffer or a plain attribute."""
 
     name: str  # fully qualified, as in ``state_dict``
@@ -55,11 +55,14 @@ def module_tensors(module: nn.Module) -> Iterator[Slot]:
                 yield Slot(dot + name, SlotKind.BUFFER, b)
         for name, value in vars(mod).items():
             # (most attributes hold neither a tensor nor a container: no generator for them)
-            if isinstance(value, (torch.Tensor, list, tuple, dict)) and name not in _REGISTRIES:
+            if isinstance(value, _HOLDERS) and name not in _MODULE_OWN:
                 yield from _attribute_tensors(dot + name, value)
 
 
-_REGISTRIES = ("_parameters", "_buffers", "_modules")
+_HOLDERS = (torch.Tensor, list, tuple, dict)
+# What every nn.Module keeps for itself (registries and hook dicts, a dozen dicts per module):
+# parameters and buffers are read above, hooks hold no tensors.
+_MODULE_OWN = frozenset(vars(nn.Module()))
 
 
 def _attribute_tensors(name: str, value: object) -> Iterator[Slot]:
