@@ -198,13 +198,13 @@ def source(
     """A storage whose only write is ``op()``, a node without inputs: a constant, or a read from
     a checkpoint file. Returns the storage; wrap ``meta`` over it for a lazy tensor."""
     storage = LazyStorage(meta.untyped_storage().nbytes(), device)
-    node = Node(op, [], _NO_ARGS, label)
+    node = Node(op, [], NO_ARGS, label)
     ref = TensorRef(storage, meta, 1, weak=True)
     storage.add_write(node, ref=ref, output_index=0, keeps_base=False)
     return storage
 
 
-_NO_ARGS = tree_flatten(((), {}))[1]
+NO_ARGS = tree_flatten(((), {}))[1]  # the call layout of a node without inputs (see ``source``)
 
 
 def meta_like(value: torch.Tensor) -> torch.Tensor:

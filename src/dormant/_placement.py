@@ -90,7 +90,8 @@ def install(
     done: list[str] = []
     for name, t in order:
         storage = t._lazy_storage
-        with real_execution():
+        # No modes see this (the guards real_execution uses, less its Python contextmanager).
+        with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
             real = view_of(values[id(storage)], t._meta)
         new: torch.Tensor
         if isinstance(t, nn.Parameter):

@@ -181,6 +181,7 @@ class _Op:
         "names",
         "returns",
         "returns_values",
+        "same_geometry",
         "shape_only",
         "special",
         "view_source",
@@ -218,6 +219,9 @@ class _Op:
         self.metadata_query = packet in _METADATA_QUERIES
         self.forward = packet in _FORWARD_OPS
         self.is_like = packet.__name__.endswith("_like")
+        # A view with its input's geometry (``nn.Parameter`` detaches every tensor it wraps):
+        # the lazy result can share the input's meta tensor instead of asking the kernel.
+        self.same_geometry = packet in (aten.detach, aten.alias)
         self.has_device = "device" in self.names
         self.device_kw_only = all(a.kwarg_only for a in schema.arguments if a.name == "device")
         self.has_dtype = "dtype" in self.names
@@ -504,7 +508,11 @@ def _record_view(op: _Op, args: tuple[Any, ...], kwargs: dict[str, Any], in_cont
     """A view of one lazy tensor (``detach``, ``t``, ``view``): a lazy tensor over its storage."""
     x = args[0] if args else None
     if not isinstance(x, LazyTensor):
-        return op.call(*args, **kwargs) if _is_plain_meta(x) else _SLOW
+        # A plain tensor (meta, as model code makes under torch.device("meta"), or real): its
+        # view, as eager gives. Other subclasses take the general path.
+        return op.call(*args, **kwargs) if type(x) in _PLAIN else _SLOW
+    if op.same_geometry:
+        return new_lazy(x._meta, x._lazy_storage)
     try:
         meta_out = op.call(x._meta, *args[1:], **kwargs)
     except NotImplementedError:
@@ -571,6 +579,8 @@ def _record_factory(
         call, meta_out = made
     if device.type == "meta":
         return meta_out
+    if call.nbytes == 0 and _reads_a_storage_item():
+        return op.call(*args, **kwargs)
     node = Node(op.func, list(call.flat), call.spec)
     storage = LazyStorage(call.nbytes, device)
     ref = TensorRef(storage, meta_out, 1, weak=True)
@@ -580,6 +590,26 @@ def _record_factory(
         bound = _bind(op, args, call.kwargs)
         _attach_rng(node, bound, device, _draws.count(op.func, meta_out, bound, device))
     return out
+
+
+_STORAGE_ITEM = getattr(torch.UntypedStorage.__getitem__, "__code__", None)
+
+
+def _reads_a_storage_item() -> bool:
+    """Whether this factory runs inside ``UntypedStorage.__getitem__`` (``storage[i]``).
+
+    There torch makes a temporary empty tensor, sets it over the (always real) storage and reads
+    one element, all in C++: the tensor never reaches Python, so it can be real, and the read
+    costs four real ops instead of four recorded ones. safetensors reads ``storage[0]`` of every
+    tensor it maps, so this is a quarter of the ops of a lazy ``from_pretrained``."""
+    frame = sys._getframe(1)
+    for _ in range(4):  # record_op, the mode's __torch_dispatch__, then the caller
+        frame = frame.f_back  # type: ignore[assignment]
+        if frame is None:
+            return False
+        if frame.f_code is _STORAGE_ITEM:
+            return True
+    return False
 
 
 # [Note: factory calls]

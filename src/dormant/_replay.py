@@ -24,7 +24,7 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from . import _rng
-from ._graph import Constant, LazyStorage, Node, TensorRef, view_of
+from ._graph import NO_ARGS, Constant, LazyStorage, Node, TensorRef, view_of
 from ._plan import COPY, Plan, plan
 from ._session import real_execution
 from .errors import DormantError, MaterializationError
@@ -393,11 +393,17 @@ class _Execution:
         if real and self._move_instead_of_copy(node):
             out = None
         else:
-            args = [self._value(node, x, real, lane) for x in node.flat_args]
-            call_args, call_kwargs = tree_unflatten(args, node.spec)
+            if node.spec is NO_ARGS:  # a constant or a checkpoint read: most nodes of a load
+                call_args, call_kwargs = (), {}
+            else:
+                args = [self._value(node, x, real, lane) for x in node.flat_args]
+                call_args, call_kwargs = tree_unflatten(args, node.spec)
             try:
-                with lane.generators.placed(node, call_kwargs) as op:
-                    out = op(*call_args, **call_kwargs)
+                if node.rng is None:
+                    out = node.op(*call_args, **call_kwargs)
+                else:
+                    with lane.generators.placed(node, call_kwargs) as op:
+                        out = op(*call_args, **call_kwargs)
             except DormantError:
                 raise  # already says what happened (a checkpoint file that changed)
             except Exception as e:
@@ -473,7 +479,7 @@ class _Execution:
         outputs = [w for w in node.writes if w.output_index is not None]
         if not outputs or out is None:
             return
-        flat = tree_flatten(out)[0]
+        flat = [out] if isinstance(out, torch.Tensor) else tree_flatten(out)[0]
         for w in outputs:
             s = w.storage
             if s is None or w.output_index is None or w.version not in self.need.get(id(s), ()):
