@@ -76,8 +76,13 @@ def test_values_read_from_existing_storage_inside_the_context_are_its_bytes(
         first_byte, fifth_byte = storage[0], storage[20]
         t = torch.asarray(storage, dtype=torch.uint8).view(torch.float32).reshape(2, 4)
         row, third = t[1].tolist(), t[0, 2].item()
+        # The temporary tensor of ``storage[i]`` runs for real; the same calls in model code
+        # (an empty tensor set over a storage) stay lazy.
+        by_hand = torch.empty(0, dtype=torch.uint8).set_(storage)
+        empty = torch.empty(0, dtype=torch.uint8)
     assert (first_byte, fifth_byte) == (data.numpy().tobytes()[0], data.numpy().tobytes()[20])
     assert row == [4.0, 5.0, 6.0, 7.0] and third == 2.0
+    assert isinstance(by_hand, LazyTensor) and isinstance(empty, LazyTensor)
 
 
 def test_like_factories_from_meta_onto_a_device_are_lazy() -> None:

@@ -209,9 +209,17 @@ NO_ARGS = tree_flatten(((), {}))[1]  # the call layout of a node without inputs 
 
 def meta_like(value: torch.Tensor) -> torch.Tensor:
     """A meta tensor with ``value``'s full geometry, storage offset and storage size included."""
-    numel = value.untyped_storage().nbytes() // value.element_size()
-    base = torch.empty(numel, dtype=value.dtype, device="meta")
+    nbytes = value.untyped_storage().nbytes()
+    if value.storage_offset() == 0:
+        # The common case (a whole storage: a checkpoint tensor, a constant) in one meta op.
+        meta = torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device=_META)
+        if meta.untyped_storage().nbytes() == nbytes:
+            return meta
+    base = torch.empty(nbytes // value.element_size(), dtype=value.dtype, device=_META)
     return base.as_strided(value.size(), value.stride(), value.storage_offset())
+
+
+_META = torch.device("meta")
 
 
 def view_of(storage: torch.UntypedStorage, meta: torch.Tensor) -> torch.Tensor:

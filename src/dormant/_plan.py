@@ -94,7 +94,8 @@ def _walk(
         node = s.writers[v - 1]
         if node not in run:
             run[node] = None
-            stack.extend((storage_of(r), r.version) for r in node.reads)
+            if node.reads:  # (constants and checkpoint reads have none)
+                stack.extend((storage_of(r), r.version) for r in node.reads)
         if write_of(node, s, v).keeps_base:
             stack.append((s, v - 1))
 

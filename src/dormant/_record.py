@@ -910,9 +910,9 @@ def as_lazy(value: Any) -> LazyTensor:
 
 def _held(x: Any) -> Any:
     """A real tensor argument, held so that replay reads it as it was (see ``Constant``)."""
-    if isinstance(x, torch.Tensor) and x.device.type != "meta":
+    if isinstance(x, torch.Tensor) and (kind := x.device.type) != "meta":
         # Checkpoint tensors are often bytes mapped from the file (safetensors): note which.
-        file = mapped_file(x.untyped_storage().data_ptr()) if x.device.type == "cpu" else None
+        file = mapped_file(x.untyped_storage().data_ptr()) if kind == "cpu" else None
         return Constant(x, user_frame(), file)
     return x
 
@@ -945,7 +945,9 @@ def _run_forced(
 
 def _lift_fresh(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], in_context: bool) -> Any:
     # ``torch.tensor(data)``, ``as_tensor`` and ``from_numpy`` pass their fresh tensor here.
-    value = func(*args, **kwargs)
+    # On a plain tensor ``lift_fresh`` returns that tensor itself (``lift_fresh_copy`` copies).
+    plain = func is aten.lift_fresh.default and type(args[0]) in _PLAIN
+    value = args[0] if plain else func(*args, **kwargs)
     if not in_context or isinstance(value, LazyTensor) or value.device.type == "meta":
         return value
     return _constant(value)
