@@ -7,6 +7,7 @@ same RNG state, so keys the checkpoint lacks are initialised the library's way i
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 import torch
 from helpers import assert_same, rng_unchanged
 
-from dormant import LazyInitContext, is_lazy, materialize
+from dormant import LazyInitContext, MaterializationError, is_lazy, materialize
 
 transformers = pytest.importorskip("transformers")
 
@@ -127,3 +128,27 @@ def test_a_checkpoint_truncated_after_from_pretrained_is_an_error_not_a_crash(
     assert run.returncode == 0, f"returncode {run.returncode}: {run.stderr[-2000:]}"
     assert "MaterializationError checkpoint file" in run.stdout, run.stdout
     assert "model.safetensors changed after the model was built from it (size" in run.stdout
+
+
+def test_a_changed_shard_is_an_error_when_an_earlier_shard_was_mapped_at_its_addresses(
+    tmp_path: Path,
+) -> None:
+    # Loaders open the shards of a checkpoint one after the other. Once the first one's tensors
+    # are gone, its memory map goes, and the next shard of the same size is mapped at the same
+    # addresses: its tensors must still be checked against their own file.
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    first, second = tmp_path / "first.safetensors", tmp_path / "second.safetensors"
+    save_file({"w": torch.zeros(256, 1024)}, first)
+    save_file({"w": torch.ones(256, 1024)}, second)
+    with LazyInitContext():
+        with safe_open(first, "pt") as f:
+            f.get_tensor("w")  # read, then dropped (a key the model does not use)
+        gc.collect()
+        holder = torch.nn.Module()
+        with safe_open(second, "pt") as f:
+            holder.register_buffer("w", f.get_tensor("w"))
+    save_file({"w": torch.full((256, 1024), 2.0)}, second)  # rewritten before materialize
+    with pytest.raises(MaterializationError, match="second.safetensors changed after"):
+        materialize(holder)
