@@ -150,5 +150,5 @@ def test_a_changed_shard_is_an_error_when_an_earlier_shard_was_mapped_at_its_add
         with safe_open(second, "pt") as f:
             holder.register_buffer("w", f.get_tensor("w"))
     save_file({"w": torch.full((256, 1024), 2.0)}, second)  # rewritten before materialize
-    with pytest.raises(MaterializationError, match="second.safetensors changed after"):
+    with pytest.raises(MaterializationError, match=r"second\.safetensors changed after"):
         materialize(holder)
