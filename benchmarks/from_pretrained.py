@@ -2,7 +2,8 @@
 
 Run: python benchmarks/from_pretrained.py [--model llama-350m] [--repeat 3] [--out FILE.md]
 Saves one checkpoint (safetensors, fp32) into a temporary directory, then measures each way of
-loading it in a fresh process, median of ``--repeat``:
+loading it in a fresh process, median of ``--repeat`` rounds (each round runs every way once, so
+that a slow phase of the machine falls on all of them):
 
 - ``transformers``: ``AutoModelForCausalLM.from_pretrained(dir)``, the baseline;
 - ``dormant``: the same call inside ``LazyInitContext``, then ``materialize``;
@@ -114,7 +115,10 @@ def main() -> None:
         torch.manual_seed(0)
         LlamaForCausalLM(config(args.model)).save_pretrained(path)
         for dtype in ("float32", "bfloat16"):
-            runs = {w: [measure(w, path, dtype) for _ in range(args.repeat)] for w in WAYS}
+            runs: dict[str, list[dict[str, Any]]] = {w: [] for w in WAYS}
+            for _ in range(args.repeat):  # round by round: the machine's drift hits every way
+                for w in WAYS:
+                    runs[w].append(measure(w, path, dtype))
             med = {w: _median(rs) for w, rs in runs.items()}
             base = med["transformers"]
             for way in WAYS:
