@@ -119,11 +119,9 @@ class _Generators:
 
     @contextlib.contextmanager
     def placed(self, node: Node, call_kwargs: dict[str, Any]) -> Iterator[Callable[..., Any]]:
-        """The op to call (inside the block) so that it draws from its exact place."""
+        """The random op to call (inside the block) so that it draws from its exact place."""
         step = node.rng
-        if step is None:
-            yield node.op
-            return
+        assert step is not None, "only random ops are placed"
         gen = self._place(step)
         op = with_generator(node.op)
         if op is not None:
