@@ -223,9 +223,11 @@ _META = torch.device("meta")
 
 
 def view_of(storage: torch.UntypedStorage, meta: torch.Tensor) -> torch.Tensor:
-    """A real tensor over ``storage`` with the geometry of ``meta``."""
-    t = torch.empty(0, dtype=meta.dtype, device=storage.device)
-    t.set_(storage, meta.storage_offset(), meta.size(), meta.stride())
+    """A real tensor over ``storage`` with the geometry of ``meta``, made where no mode (the
+    recording mode, a user's) sees it."""
+    with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
+        t = torch.empty(0, dtype=meta.dtype, device=storage.device)
+        t.set_(storage, meta.storage_offset(), meta.size(), meta.stride())
     return t
 
 

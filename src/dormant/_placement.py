@@ -22,7 +22,6 @@ from torch import nn
 from ._graph import view_of
 from ._lazy_tensor import INTERNAL_ATTRS, LazyTensor
 from ._replay import compute_each, progress_bar
-from ._session import real_execution
 from ._slices import Unsliceable, Window
 from .errors import MaterializationError
 
@@ -92,9 +91,7 @@ def install(
     done: list[str] = []
     for name, t in order:
         storage = t._lazy_storage
-        # No modes see this (the guards real_execution uses, less its Python contextmanager).
-        with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
-            real = view_of(values[id(storage)], t._meta)
+        real = view_of(values[id(storage)], t._meta)
         new: torch.Tensor
         if isinstance(t, nn.Parameter):
             new = nn.Parameter(real, requires_grad=t.requires_grad)
@@ -250,9 +247,7 @@ def fill_local(
 
     def on_ready(storage: object, value: torch.UntypedStorage) -> None:
         for _, source, target in whole[id(storage)]:
-            with real_execution():
-                full = view_of(value, source._meta)
-            _write_local(target, full)
+            _write_local(target, view_of(value, source._meta))
 
     storages = [items[0][1]._lazy_storage for items in whole.values()]
     compute_each(storages, on_ready, progress=progress)

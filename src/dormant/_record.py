@@ -39,7 +39,7 @@ from ._graph import (
 from ._lazy_tensor import LazyTensor, describe, new_lazy
 from ._mapped import mapped_file
 from ._replay import compute, run_for_draws
-from ._session import RngMode, normalize_device, real_execution, recording_active, session
+from ._session import RngMode, normalize_device, recording_active, session
 from .errors import LazyTensorError, UnsupportedOpError
 
 aten = torch.ops.aten
@@ -1085,18 +1085,15 @@ def evaluate(t: LazyTensor, reason: str) -> torch.Tensor:
     s = t._lazy_storage
     if s.version == 1 and isinstance(s.writers[0].op, Constant):
         # Real bytes handed to the context (safetensors reads ``storage[0]`` of every tensor it
-        # maps): nothing lazy to compute, so no replay and nothing to report. Only real tensors
-        # here: turning Python dispatch off is enough (and cheaper than leaving the modes).
-        with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
-            return view_of(s.writers[0].op().untyped_storage(), t._meta)
+        # maps): nothing lazy to compute, so no replay and nothing to report.
+        return view_of(s.writers[0].op().untyped_storage(), t._meta)
     if s.cache is None or s.cache_version != s.version:
         buf = compute([s])[id(s)]
         s.cache, s.cache_version = buf, s.version
         if not s.early:
             s.early = (EarlyRecord(reason, user_frame(), t.numel(), s.nbytes),)
     assert s.cache is not None
-    with real_execution():
-        return view_of(s.cache, t._meta)
+    return view_of(s.cache, t._meta)
 
 
 class _Recorder:
