@@ -204,6 +204,7 @@ def source(
     return storage
 
 
+META = torch.device("meta")  # made once: a device argument parsed from a string costs each call
 NO_ARGS = tree_flatten(((), {}))[1]  # the call layout of a node without inputs (see ``source``)
 
 
@@ -212,14 +213,11 @@ def meta_like(value: torch.Tensor) -> torch.Tensor:
     nbytes = value.untyped_storage().nbytes()
     if value.storage_offset() == 0:
         # The common case (a whole storage: a checkpoint tensor, a constant) in one meta op.
-        meta = torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device=_META)
+        meta = torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device=META)
         if meta.untyped_storage().nbytes() == nbytes:
             return meta
-    base = torch.empty(nbytes // value.element_size(), dtype=value.dtype, device=_META)
+    base = torch.empty(nbytes // value.element_size(), dtype=value.dtype, device=META)
     return base.as_strided(value.size(), value.stride(), value.storage_offset())
-
-
-_META = torch.device("meta")
 
 
 def view_of(storage: torch.UntypedStorage, meta: torch.Tensor) -> torch.Tensor:

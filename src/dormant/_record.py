@@ -26,6 +26,7 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 from . import _draws, _lazy_tensor, _rng
 from ._flat import ArgLayout, flatten, leaves_layout, unflatten
 from ._graph import (
+    META,
     Constant,
     DeferredCall,
     EarlyRecord,
@@ -390,9 +391,6 @@ def _writes_real_tensor(op: _Op, args: tuple[Any, ...], kwargs: dict[str, Any]) 
     return False
 
 
-_META = torch.device("meta")
-
-
 def _record(
     op: _Op,
     args: tuple[Any, ...],
@@ -431,7 +429,7 @@ def _for_meta_kernel(op: _Op, kwargs: dict[str, Any], *, to_meta: bool) -> None:
     (an explicit device, or a factory), no pinned memory, no generator (shapes never depend on
     it; some meta kernels refuse it)."""
     if op.has_device and to_meta:
-        kwargs["device"] = _META
+        kwargs["device"] = META
     kwargs.pop("pin_memory", None)
     if kwargs.get("generator") is not None:
         kwargs["generator"] = None
@@ -571,7 +569,7 @@ def _record_factory(
     key = _factory_key(op, args, kwargs, device)
     call = _FACTORY_CALLS.get(key) if key is not None else None
     if call is not None:
-        meta_out = torch.empty_strided(call.size, call.stride, dtype=call.dtype, device=_META)
+        meta_out = torch.empty_strided(call.size, call.stride, dtype=call.dtype, device=META)
     else:
         made = _factory_call(op, args, kwargs, device, key)
         if made is None:
@@ -701,7 +699,7 @@ def _rebuilds_exactly(meta: torch.Tensor, nbytes: int) -> bool:
         or any(name is not None for name in getattr(meta, "names", ()))  # named tensors
     ):
         return False
-    again = torch.empty_strided(meta.shape, meta.stride(), dtype=meta.dtype, device=_META)
+    again = torch.empty_strided(meta.shape, meta.stride(), dtype=meta.dtype, device=META)
     return again.untyped_storage().nbytes() == nbytes
 
 
@@ -743,7 +741,7 @@ def _plain_randn(bound: dict[str, Any], meta_args: Any, meta_kwargs: Any) -> Any
         and meta_kwargs.get("layout") in (None, torch.strided)
         and all(type(n) is int and n >= 0 for n in size)
     )
-    return torch.empty(size, dtype=dtype, device=_META) if ok else None
+    return torch.empty(size, dtype=dtype, device=META) if ok else None
 
 
 _META_SHORTCUTS: dict[Any, _MetaShortcut] = {
