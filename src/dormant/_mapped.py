@@ -54,33 +54,24 @@ _map_files = True  # whether this /proc has map_files (Linux 3.3 and later, not 
 
 def mapped_file(address: int) -> MappedFile | None:
     """The regular file mapped at ``address`` in this process, if any."""
-    global _last, _known, _map_files
+    global _last, _known
     if address == 0:
         return None  # a null data pointer: an empty storage, no bytes (and no need to read maps)
     m = _last
-    if m is None or not m.start <= address < m.end:
+    remembered = m is not None and m.start <= address < m.end
+    if not remembered:
         m = _last = _find(address)
     if m is None or not m.path.startswith("/"):
         return None
-    st = None
-    if _map_files:
-        # A range can be unmapped and another file mapped at the same addresses (the shards of
-        # a checkpoint, one after the other, are often the same size): the range's own entry
-        # names the file mapped there now, and stats it in the same call.
-        st = _stat(m.link)
-        if m.file is not None and (st is None or (st.st_dev, st.st_ino) != m.file):
-            m = _last = _find(address)
-            if m is None or not m.path.startswith("/"):
-                return None
-            st = _stat(m.link)
-        if st is None:
-            _map_files = False  # a file mapping without an entry: this /proc has none
-        else:
-            m.file = (st.st_dev, st.st_ino)
-    if st is None:
-        st = _stat(m.path)
-        if st is None:
+    st = _file_stat(m)
+    if st is None and remembered:
+        # Another file is mapped over the remembered range now (or it is gone): look again.
+        m = _last = _find(address)
+        if m is None or not m.path.startswith("/"):
             return None
+        st = _file_stat(m)
+    if st is None:
+        return None
     k = _known
     if k is None or (k.path, k.inode, k.size, k.mtime_ns) != (
         m.path,
@@ -90,6 +81,25 @@ def mapped_file(address: int) -> MappedFile | None:
     ):
         k = _known = MappedFile(m.path, st.st_ino, st.st_size, st.st_mtime_ns)
     return k
+
+
+def _file_stat(m: _Mapping) -> os.stat_result | None:
+    """The stat of the file mapped over ``m``'s range now; None if that is no longer the file
+    first seen there.
+
+    A range can be unmapped and another file mapped at the same addresses (the shards of a
+    checkpoint, one after the other, are often the same size): the range's map_files entry names
+    the file mapped there now, and stats it in the same call."""
+    global _map_files
+    if _map_files:
+        st = _stat(m.link)
+        if m.file is not None:
+            return st if st is not None and (st.st_dev, st.st_ino) == m.file else None
+        if st is not None:
+            m.file = (st.st_dev, st.st_ino)
+            return st
+        _map_files = False  # a file mapping just listed, without an entry: this /proc has none
+    return _stat(m.path)
 
 
 def _stat(path: str) -> os.stat_result | None:
