@@ -39,7 +39,7 @@ from ._graph import (
 )
 from ._lazy_tensor import LazyTensor, describe, new_lazy
 from ._mapped import mapped_file
-from ._replay import compute, run_for_draws
+from ._replay import compute, constant_value, run_for_draws
 from ._session import RngMode, normalize_device, recording_active, session
 from .errors import LazyTensorError, UnsupportedOpError
 
@@ -1081,10 +1081,8 @@ def evaluate(t: LazyTensor, reason: str) -> torch.Tensor:
             op=reason,
         )
     s = t._lazy_storage
-    if s.version == 1 and isinstance(s.writers[0].op, Constant):
-        # Real bytes handed to the context (safetensors reads ``storage[0]`` of every tensor it
-        # maps): nothing lazy to compute, so no replay and nothing to report.
-        return view_of(s.writers[0].op().untyped_storage(), t._meta)
+    if (value := constant_value(s)) is not None:
+        return view_of(value, t._meta)  # real bytes: nothing computed, nothing to report
     if s.cache is None or s.cache_version != s.version:
         buf = compute([s])[id(s)]
         s.cache, s.cache_version = buf, s.version

@@ -656,10 +656,28 @@ def compute_each(
     no storage at once (see [Note: parallel replay]); with more than one, values come in an
     order that depends on timing.
     """
-    targets = list(storages)
+    targets = []
+    for s in storages:
+        value = constant_value(s)
+        if value is None:
+            targets.append(s)
+        else:  # nothing to replay: most storages of a lazy ``from_pretrained``
+            on_ready(s, value)
+            if stats is not None:
+                stats.ops += 1
     if targets:
         count = threads if threads is not None else torch.get_num_threads()
         _Execution(plan(targets), on_ready, stats, threads=count).run(progress)
+
+
+def constant_value(s: LazyStorage) -> torch.UntypedStorage | None:
+    """The value of a storage that is real bytes handed to the context and never written
+    since (a checkpoint tensor over its file's mapped pages, ``torch.tensor(data)``): those
+    bytes themselves, checked unchanged, without planning a pass. None for any other storage.
+    """
+    if s.version == 1 and isinstance(op := s.writers[0].op, Constant):
+        return op().untyped_storage()
+    return None
 
 
 def compute(
