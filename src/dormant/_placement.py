@@ -53,10 +53,12 @@ def module_tensors(module: nn.Module) -> Iterator[Slot]:
             if b is not None:
                 yield Slot(dot + name, SlotKind.BUFFER, b)
         for name, value in vars(mod).items():
+            if name in _MODULE_OWN:
+                continue
             # Most attributes hold neither a tensor nor a container: no generator for them. By
             # type: isinstance would also ask an object for ``__class__``, and a transformers
             # config answers that through its own Python ``__getattribute__``.
-            if issubclass(type(value), _HOLDERS) and name not in _MODULE_OWN:
+            if issubclass(type(value), _HOLDERS):
                 yield from _attribute_tensors(dot + name, value)
 
 
