@@ -9,7 +9,10 @@ Libraries hand dormant checkpoint tensors over ``mmap``'d bytes (safetensors' re
 from __future__ import annotations
 
 import os
+import weakref
 from dataclasses import dataclass
+
+import torch
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,11 @@ class _Mapping:
     path: str  # "" for anonymous memory
     link: str  # its /proc/self/map_files entry (file mappings): the file mapped there now
     file: tuple[int, int] | None = None  # (device, inode) of the file mapped there, when seen
+    # The answer given for this range, and a storage it was given for. A file mapping is
+    # unmapped whole, only once no storage over it lives: while this one lives, so does the
+    # mapping, and the answer stands without a look at the kernel.
+    known: MappedFile | None = None
+    holder: weakref.ref[torch.UntypedStorage] | None = None
 
 
 _last: _Mapping | None = None  # the last range found: a checkpoint's tensors share one
@@ -52,14 +60,21 @@ _known: MappedFile | None = None  # the last answer, given again while the file 
 _map_files = True  # whether this /proc has map_files (Linux 3.3 and later, not every sandbox)
 
 
-def mapped_file(address: int) -> MappedFile | None:
-    """The regular file mapped at ``address`` in this process, if any."""
+def mapped_file(storage: torch.UntypedStorage) -> MappedFile | None:
+    """The regular file whose mapped pages hold ``storage``'s bytes, if any."""
     global _last, _known
+    address = storage.data_ptr()
     if address == 0:
         return None  # a null data pointer: an empty storage, no bytes (and no need to read maps)
     m = _last
     remembered = m is not None and m.start <= address < m.end
-    if not remembered:
+    if remembered:
+        assert m is not None
+        if m.holder is not None and m.holder() is not None:
+            # A storage over this file's pages still lives, so the file is still mapped here:
+            # no need to ask the kernel (the tensors of one checkpoint file, one after another).
+            return m.known
+    else:
         m = _last = _find(address)
     if m is None or not m.path.startswith("/"):
         return None
@@ -80,6 +95,7 @@ def mapped_file(address: int) -> MappedFile | None:
         st.st_mtime_ns,
     ):
         k = _known = MappedFile(m.path, st.st_ino, st.st_size, st.st_mtime_ns)
+    m.known, m.holder = k, weakref.ref(storage)
     return k
 
 

@@ -910,7 +910,7 @@ def _held(x: Any) -> Any:
     """A real tensor argument, held so that replay reads it as it was (see ``Constant``)."""
     if isinstance(x, torch.Tensor) and (kind := x.device.type) != "meta":
         # Checkpoint tensors are often bytes mapped from the file (safetensors): note which.
-        file = mapped_file(x.untyped_storage().data_ptr()) if kind == "cpu" else None
+        file = mapped_file(x.untyped_storage()) if kind == "cpu" else None
         return Constant(x, user_frame(), file)
     return x
 
