@@ -90,6 +90,21 @@ def test_progress_bar_when_asked(capsys: pytest.CaptureFixture[str]) -> None:
     assert "materializing" in capsys.readouterr().err
 
 
+def test_views_of_one_real_tensor_stay_views_of_its_bytes() -> None:
+    # Real bytes handed to the context (as checkpoint tensors are) come out as those bytes:
+    # two parameters over one tensor share its memory, as in eager, and it is one value.
+    data = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    with LazyInitContext():
+        m = nn.Module()
+        base = torch.tensor([1.0, 2.0, 3.0, 4.0])  # a constant: real bytes, lazy tensor
+        m.a = nn.Parameter(base[:2])
+        m.b = nn.Parameter(base[2:])
+    report = materialize(m, report=True)
+    assert torch.equal(m.a, data[:2]) and torch.equal(m.b, data[2:])
+    assert m.a.untyped_storage().data_ptr() == m.b.untyped_storage().data_ptr()
+    assert report.ops_replayed == 1
+
+
 def test_non_module_is_refused() -> None:
     with LazyInitContext():
         t = torch.randn(3)

@@ -657,7 +657,7 @@ def compute_each(
     order that depends on timing.
     """
     targets = []
-    for s in storages:
+    for s in {id(s): s for s in storages}.values():  # views of one storage: one value
         value = constant_value(s)
         if value is None:
             targets.append(s)
