@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import enum
 import math
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -121,17 +120,18 @@ def install(
 
 
 def _swap(t: torch.Tensor, new: torch.Tensor) -> None:
-    """``torch.utils.swap_tensors``, also for tensors that something holds weak references to.
+    """``torch.utils.swap_tensors(t, new)`` for a lazy tensor and its real value.
 
-    ``swap_tensors`` refuses those (``nn.LSTM`` keeps weak references to its weights). The
-    swap keeps the Python object, so the weak references stay valid and now see the real
-    tensor: dormant performs the same steps without that one check.
+    The same steps (class, ``__dict__``, then the C++ tensor), without its checks that cannot
+    fail here (neither class has slots) and without its refusal of tensors that something holds
+    weak references to (``nn.LSTM`` keeps weak references to its weights): the swap keeps the
+    Python object, so those references stay valid and see the real tensor. A tensor used
+    elsewhere goes to ``swap_tensors`` itself, which handles a gradient edge or raises its own
+    precise error.
     """
-    if not weakref.getweakrefs(t):
+    if t._use_count() > 1 or new._use_count() > 1:  # type: ignore[attr-defined]
         torch.utils.swap_tensors(t, new)
         return
-    if t._use_count() > 1 or new._use_count() > 1:  # type: ignore[attr-defined]
-        torch.utils.swap_tensors(t, new)  # raises its own, precise error
     t.__class__, new.__class__ = new.__class__, t.__class__
     t.__dict__, new.__dict__ = new.__dict__, t.__dict__
     torch._C._swap_tensor_impl(t, new)
