@@ -561,6 +561,8 @@ def _record_factory(
     """A factory (``empty``, ``ones``, ``randn``) inside the context: one node, one new storage."""
     if not in_context or kwargs.get("pin_memory"):
         return _SLOW  # pinned: the general path (on meta, eager's error)
+    if args and type(args[0]) is list and 0 in args[0] and _reads_a_storage_item():
+        return op.call(*args, **kwargs)  # no elements: storage[i]'s temporary (see there)
     device_arg = kwargs.get("device")
     if op.device_kw_only:
         device = normalize_device(device_arg)  # what _output_device finds, without binding
@@ -577,8 +579,6 @@ def _record_factory(
         call, meta_out = made
     if device.type == "meta":
         return meta_out
-    if call.nbytes == 0 and _reads_a_storage_item():
-        return op.call(*args, **kwargs)
     node = Node(op.func, list(call.flat), call.spec)
     storage = LazyStorage(call.nbytes, device)
     ref = TensorRef(storage, meta_out, 1, weak=True)
