@@ -48,21 +48,21 @@ class _Mapping:
     path: str  # "" for anonymous memory
     link: str  # its /proc/self/map_files entry (file mappings): the file mapped there now
     file: tuple[int, int] | None = None  # (device, inode) of the file mapped there, when seen
-    # The answer given for this range, and a storage it was given for. A file mapping is
-    # unmapped whole, only once no storage over it lives: while this one lives, so does the
-    # mapping, and the answer stands without a look at the kernel.
+    # The last answer given for this range (given again while the file is the same), and a
+    # storage it was given for. A file mapping is unmapped whole, only once no storage over it
+    # lives: while this one lives, so does the mapping, and the answer stands without a look at
+    # the kernel.
     known: MappedFile | None = None
     holder: weakref.ref[torch.UntypedStorage] | None = None
 
 
 _last: _Mapping | None = None  # the last range found: a checkpoint's tensors share one
-_known: MappedFile | None = None  # the last answer, given again while the file is the same
 _map_files = True  # whether this /proc has map_files (Linux 3.3 and later, not every sandbox)
 
 
 def mapped_file(storage: torch.UntypedStorage) -> MappedFile | None:
     """The regular file whose mapped pages hold ``storage``'s bytes, if any."""
-    global _last, _known
+    global _last
     address = storage.data_ptr()
     if address == 0:
         return None  # a null data pointer: an empty storage, no bytes (and no need to read maps)
@@ -87,15 +87,15 @@ def mapped_file(storage: torch.UntypedStorage) -> MappedFile | None:
         st = _file_stat(m)
     if st is None:
         return None
-    k = _known
+    k = m.known
     if k is None or (k.path, k.inode, k.size, k.mtime_ns) != (
         m.path,
         st.st_ino,
         st.st_size,
         st.st_mtime_ns,
     ):
-        k = _known = MappedFile(m.path, st.st_ino, st.st_size, st.st_mtime_ns)
-    m.known, m.holder = k, weakref.ref(storage)
+        k = m.known = MappedFile(m.path, st.st_ino, st.st_size, st.st_mtime_ns)
+    m.holder = weakref.ref(storage)
     return k
 
 
