@@ -215,11 +215,37 @@ class Plugin:
 
 
 def blocks(model: nn.Module) -> list[nn.Module]:
-    """The repeated blocks to shard one by one: transformers' ``_no_split_modules`` classes,
-    otherwise the members of every ``nn.ModuleList``."""
+    """The repeated blocks to shard one by one, innermost first.
+
+    Candidates are transformers' ``_no_split_modules`` classes, otherwise the members of every
+    ``nn.ModuleList``. A candidate is kept only if no module outside it holds one of its
+    parameters: FSDP2 manages each parameter in one group, so a tied weight (BERT's word
+    embeddings and its prediction head) is left to the smallest kept module that holds every
+    use, in the end the root. Nested candidates (a UNet's down block and its resnets) are
+    returned children first, the order ``fully_shard`` needs.
+    """
     split: Any = getattr(model, "_no_split_modules", None)
+    named = list(model.named_modules())[1:]  # the root is sharded last, by the plugin
+    found: list[tuple[str, nn.Module]] = []
     if split:
-        found = [m for m in model.modules() if type(m).__name__ in set(split)]
-        if found:
-            return found
-    return [m for lst in model.modules() if isinstance(lst, nn.ModuleList) for m in lst]
+        found = [(n, m) for n, m in named if type(m).__name__ in set(split)]
+    if not found:
+        lists = [m for _, m in named if isinstance(m, nn.ModuleList)]
+        members = {id(m) for lst in lists for m in lst}
+        found = [(n, m) for n, m in named if id(m) in members]
+    holders: dict[int, list[str]] = {}
+    for prefix, mod in model.named_modules(remove_duplicate=False):
+        for p in mod._parameters.values():
+            if p is not None:
+                holders.setdefault(id(p), []).append(prefix)
+
+    def owns_its_parameters(name: str, block: nn.Module) -> bool:
+        return all(
+            h == name or h.startswith(f"{name}.")
+            for p in block.parameters()
+            for h in holders[id(p)]
+        )
+
+    kept = [(n, m) for n, m in found if owns_its_parameters(n, m)]
+    kept.sort(key=lambda item: item[0].count("."), reverse=True)
+    return [m for _, m in kept]

@@ -65,7 +65,10 @@ class HybridParallelPlugin(Plugin):
                 f"mixed_precision={self.mixed_precision!r}: use a tp_size below the world size, "
                 "or torch.autocast in the training step"
             )
-        plan = self.tp_plan if self.tp_plan is not None else plan_for(model)
+        if self.tp_plan is not None:
+            plan = self.tp_plan
+        else:  # tp_size=1 splits nothing: any model boosts, with or without a known plan
+            plan = plan_for(model) if self.tp_size > 1 else {}
         check_same_program(model)
         # after check_same_program: ranks agree on the model, so all raise here or none does
         check_plan_matches(model, plan)
