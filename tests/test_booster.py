@@ -30,15 +30,20 @@ from dormant.errors import DormantError
 pytest.importorskip("transformers")
 
 
-@pytest.fixture
-def one_rank(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """A process group of world size 1 in this process, destroyed after the test."""
+def one_rank_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchrun's environment for one rank (launch() would leave it set for later tests)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
     env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
     for name, value in {**env, "MASTER_PORT": port}.items():
-        monkeypatch.setenv(name, value)  # launch() would leave them set for later tests
+        monkeypatch.setenv(name, value)
+
+
+@pytest.fixture
+def one_rank(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A process group of world size 1 in this process, destroyed after the test."""
+    one_rank_env(monkeypatch)
     dormant.launch()
     yield
     torch.distributed.destroy_process_group()
@@ -96,13 +101,13 @@ def test_booster_names_what_is_not_a_plugin(plugin: object, got: str) -> None:
     [
         (torch.bfloat16, TypeError, "got torch.bfloat16 (dtype): pass mixed_precision='bf16'"),
         ("FP16", ValueError, "got 'FP16' (str): pass mixed_precision='fp16'"),
-        (True, TypeError, "got True (bool): pass 'bf16' or 'fp16'"),
+        (True, TypeError, "got True (bool): pass 'fp32', 'bf16' or 'fp16'"),
     ],
 )
 def test_booster_names_the_mixed_precision_to_pass(
     value: object, error: type[Exception], got: str
 ) -> None:
-    with pytest.raises(error, match=re.escape(f"takes None, 'bf16' or 'fp16', {got}")):
+    with pytest.raises(error, match=re.escape(f"takes None, 'fp32', 'bf16' or 'fp16', {got}")):
         Booster(plugin=TorchFSDPPlugin(), mixed_precision=value)  # type: ignore[arg-type]
 
 
@@ -110,23 +115,15 @@ def test_booster_names_the_mixed_precision_to_pass(
     ("plugin", "expected"),
     [
         (None, "TorchDDPPlugin does not apply mixed_precision='bf16'; use torch.autocast"),
-        (LowLevelZeroPlugin(stage=1), "LowLevelZeroPlugin(stage=1) runs DDP, which does not apply "
-         "mixed_precision='bf16': use LowLevelZeroPlugin(stage=2)"),
+        (GeminiPlugin(precision="fp16"), "Booster(mixed_precision='bf16') and "
+         "GeminiPlugin(precision='fp16') disagree: name the precision once, on the plugin"),
     ],
 )  # fmt: skip
-def test_plugins_without_mixed_precision_refuse_it_when_the_booster_is_made(
+def test_precision_the_plugin_cannot_apply_is_refused_when_the_booster_is_made(
     plugin: Plugin | None, expected: str
 ) -> None:
     with pytest.raises(DormantError, match=re.escape(expected)):
         Booster(plugin=plugin, mixed_precision="bf16")
-
-
-def test_hybrid_without_data_parallel_refuses_mixed_precision(one_rank: None) -> None:
-    plugin = HybridParallelPlugin(tp_size=1, tp_plan=stack_plan())
-    booster = Booster(plugin=plugin, mixed_precision="bf16")
-    expected = "HybridParallelPlugin(tp_size=1) on 1 rank(s) leaves no data-parallel dimension"
-    with pytest.raises(DormantError, match=re.escape(expected)):
-        booster.boost(stack())
 
 
 def test_tp_plan_keys_matching_no_module_are_named_before_sharding(one_rank: None) -> None:
@@ -159,3 +156,15 @@ def test_boosting_a_boosted_model_or_its_wrapper_says_so(one_rank: None, name: s
     for again in (model, boosted):  # DDP plugins return a wrapper: DDP(DDP(model)) otherwise
         with pytest.raises(DormantError, match=rf"^{type(again).__name__} was already boosted"):
             Booster(plugin=ONE_RANK_PLUGINS[name]()).boost(again)
+
+
+def test_launch_takes_the_peer_api_config_dict(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(TypeError, match=r"takes no config dict, got keys \['seed'\]"):
+        dormant.launch({"seed": 1})
+    assert not torch.distributed.is_initialized()
+    one_rank_env(monkeypatch)
+    dormant.launch({})  # the source document's colossalai.launch({})
+    try:
+        assert torch.distributed.get_world_size() == 1
+    finally:
+        torch.distributed.destroy_process_group()

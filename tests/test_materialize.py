@@ -250,3 +250,21 @@ def test_materialize_peaks_near_the_model_size() -> None:
         f"lazy peak {default / 2**20:.0f} MiB under the default allocator, model "
         f"{model / 2**20:.0f} MiB"
     )
+
+
+def test_a_lazy_tensor_materializes_itself_in_place() -> None:
+    """The peer API's ``LazyTensor.materialize()``: one tensor, in place, eager's values."""
+    torch.manual_seed(0)
+    eager_x, eager_w = torch.rand(2, 3), nn.Linear(3, 3).weight
+    state = torch.get_rng_state()
+    torch.manual_seed(0)
+    with LazyInitContext():
+        x = torch.rand(2, 3)
+        layer = nn.Linear(3, 3)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert x.materialize() is x and torch.equal(x, eager_x) and not is_lazy(x)
+    weight = layer.weight
+    assert weight.materialize() is weight and isinstance(weight, nn.Parameter)
+    assert torch.equal(layer.weight, eager_w)
+    assert is_lazy(layer.bias)  # only the tensor asked for
+    assert torch.equal(torch.get_rng_state(), state)

@@ -13,9 +13,9 @@ from ._context import LazyInitContext
 from ._lazy_tensor import LazyTensor
 from ._materialize import is_lazy, materialize
 from ._report import MaterializeReport
-from .checkpoint import CheckpointError, LoadResult, load_checkpoint
+from .checkpoint import CheckpointError, LoadResult, load_checkpoint, read_checkpoint
 from .errors import DormantError, LazyTensorError, MaterializationError, UnsupportedOpError
-from .launch import launch
+from .launch import launch, launch_from_torch
 
 __version__ = "0.1.0"
 
@@ -31,6 +31,8 @@ __all__ = [
     "UnsupportedOpError",
     "is_lazy",
     "launch",
+    "launch_from_torch",
     "load_checkpoint",
     "materialize",
+    "read_checkpoint",
 ]

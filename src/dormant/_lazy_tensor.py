@@ -36,6 +36,8 @@ class Recorder(Protocol):
 
     def evaluate(self, tensor: LazyTensor, reason: str) -> torch.Tensor: ...
 
+    def materialize(self, tensor: LazyTensor) -> None: ...
+
 
 # [Note: the recorder hook]
 # Every op on a LazyTensor goes to the recorder, and the recorder makes LazyTensors: each needs
@@ -92,6 +94,25 @@ class LazyTensor(torch.Tensor):
     @data.setter
     def data(self, value: torch.Tensor) -> None:
         recorder.assign_data(self, value)
+
+    def materialize(self) -> torch.Tensor:
+        """Compute this tensor's values now and become a real tensor, in place; returns it.
+
+        The object stays the same (as :func:`dormant.materialize` keeps a module's tensors),
+        so references to it see the values. To materialize a module, call
+        :func:`dormant.materialize` on it: it computes all its tensors in one pass.
+
+        Example::
+
+            >>> import torch
+            >>> from dormant import LazyInitContext
+            >>> with LazyInitContext():
+            ...     x = torch.ones(2, 3)
+            >>> x.materialize().sum()
+            tensor(6.)
+        """
+        recorder.materialize(self)
+        return self
 
     @property
     def is_meta(self) -> bool:  # type: ignore[override]

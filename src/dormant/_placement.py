@@ -224,7 +224,7 @@ def fill_local(
         if isinstance(source, LazyTensor):
             lazy.append((name, source, targets[name]))
         else:
-            _write_local(targets[name], source)
+            write_local(targets[name], source)
     # In recorded order, so the replay generator mostly moves forward.
     lazy.sort(key=lambda item: _last_write(item[1]))
     window = Window()
@@ -249,7 +249,7 @@ def fill_local(
 
     def on_ready(storage: object, value: torch.UntypedStorage) -> None:
         for _, source, target in whole[id(storage)]:
-            _write_local(target, view_of(value, source._meta))
+            write_local(target, view_of(value, source._meta))
 
     storages = [items[0][1]._lazy_storage for items in whole.values()]
     compute_each(storages, on_ready, progress=progress)
@@ -322,7 +322,9 @@ def _local_box(target: torch.Tensor, local: torch.Tensor) -> list[tuple[int, int
     return list(zip(offset, shape, strict=True))
 
 
-def _write_local(target: torch.Tensor, full: torch.Tensor) -> None:
+def write_local(target: torch.Tensor, full: torch.Tensor) -> None:
+    """Copy into ``target`` its own part of ``full``: all of it, or a DTensor's local shard
+    (sliced on this rank, no communication)."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     with torch.no_grad():

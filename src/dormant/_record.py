@@ -39,6 +39,7 @@ from ._graph import (
 )
 from ._lazy_tensor import LazyTensor, describe, new_lazy
 from ._mapped import mapped_file
+from ._placement import install
 from ._replay import compute, constant_value, run_for_draws
 from ._session import RngMode, normalize_device, recording_active, session
 from .errors import LazyTensorError, UnsupportedOpError
@@ -1098,6 +1099,11 @@ class _Recorder:
     record_op = staticmethod(record_op)
     evaluate = staticmethod(evaluate)
     defer_library_init = staticmethod(defer_library_init)
+
+    @staticmethod
+    def materialize(target: LazyTensor) -> None:
+        storage = target._lazy_storage
+        install({id(target): (describe(target), target)}, compute([storage]))
 
     @staticmethod
     def assign_data(target: LazyTensor, value: torch.Tensor) -> None:

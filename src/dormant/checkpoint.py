@@ -23,7 +23,7 @@ from ._graph import meta_like, source
 from ._lazy_tensor import LazyTensor
 from .errors import DormantError
 
-__all__ = ["CheckpointError", "LoadResult", "load_checkpoint"]
+__all__ = ["CheckpointError", "LoadResult", "load_checkpoint", "read_checkpoint"]
 
 _SAFETENSORS_DTYPES = {
     "F64": torch.float64,
@@ -275,6 +275,19 @@ def _checked(
 
 
 # --- checkpoint formats --------------------------------------------------------------------------
+
+
+def read_checkpoint(source: str | os.PathLike[str]) -> dict[str, Callable[[], torch.Tensor]]:
+    """Every tensor of a checkpoint by key, each read from the file only when called.
+
+    Accepts what :func:`load_checkpoint` accepts.
+
+    Example::
+
+        >>> tensors = read_checkpoint("model.safetensors")  # doctest: +SKIP
+        >>> weight = tensors["weight"]()  # doctest: +SKIP
+    """
+    return dict(_open(Path(source)))
 
 
 def _open(path: Path) -> dict[str, _Entry]:

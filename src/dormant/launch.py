@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 
 def launch(
-    backend: str | None = None, seed: int | None = None, timeout: timedelta | None = None
+    backend: str | dict[str, Any] | None = None,
+    seed: int | None = None,
+    timeout: timedelta | None = None,
 ) -> None:
     """Initialise ``torch.distributed`` from torchrun's environment, pick the device, and seed.
 
@@ -20,7 +23,9 @@ def launch(
     otherwise. With CUDA, the current device becomes ``cuda:LOCAL_RANK``.
 
     Pass the same ``seed`` on every rank: lazily built models then get the same values on every
-    rank, which sharded materialization relies on (each rank computes its own shards).
+    rank, which sharded materialization relies on (each rank computes its own shards). A dict
+    in place of the backend is the config argument of the API dormant follows
+    (``launch({})``): dormant has no config, so it must be empty.
 
     Example::
 
@@ -29,6 +34,13 @@ def launch(
 
         dormant.launch(seed=0)
     """
+    if isinstance(backend, dict):
+        if backend:
+            raise TypeError(
+                f"dormant.launch() takes no config dict, got keys {sorted(backend)}: pass "
+                "launch(backend=..., seed=...)"
+            )
+        backend = None
     if dist.is_initialized():
         raise RuntimeError("dormant.launch(): torch.distributed is already initialised")
     os.environ.setdefault("RANK", "0")
@@ -44,6 +56,19 @@ def launch(
     dist.init_process_group(backend=backend, timeout=timeout or timedelta(minutes=10))
     if seed is not None:
         torch.manual_seed(seed)
+
+
+def launch_from_torch(backend: str | None = None, seed: int = 1024, verbose: bool = True) -> None:
+    """:func:`launch` with the name and seed default (1024) of the API dormant follows.
+
+    Example::
+
+        # torchrun --nproc_per_node=2 train.py
+        import dormant
+
+        dormant.launch_from_torch(seed=42)
+    """
+    launch(backend, seed=seed)
 
 
 def _free_port() -> int:

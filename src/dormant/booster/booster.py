@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
+from ..errors import DormantError
+from .optimizer import BoostedOptimizer
 from .plugin.base import Plugin, check_not_boosted
+from .plugin.sharding import device_type
 from .plugin.torch_ddp import TorchDDPPlugin
+from .precision import canonical
 
 _PLUGINS = (
     "TorchDDPPlugin()",
@@ -19,14 +25,6 @@ _PLUGINS = (
     "GeminiPlugin()",
     "HybridParallelPlugin(tp_size=...)",
 )
-# Other spellings of the two precisions (torch.bfloat16, "BF16"), mapped to the accepted one.
-_PRECISIONS = {
-    "bf16": "bf16",
-    "bfloat16": "bf16",
-    "fp16": "fp16",
-    "float16": "fp16",
-    "half": "fp16",
-}
 
 
 def _check_plugin(plugin: object) -> Plugin:
@@ -43,32 +41,18 @@ def _check_plugin(plugin: object) -> Plugin:
     )
 
 
-def _check_mixed_precision(value: object) -> None:
-    if value is None or (isinstance(value, str) and value in ("bf16", "fp16")):
-        return
-    # torch.bfloat16, "BF16", "float16": name the accepted spelling of the same precision
-    spelled = _PRECISIONS.get(str(value).lower().removeprefix("torch."))
-    if spelled is not None:
-        what = f"pass mixed_precision={spelled!r}"
-    else:
-        what = "pass 'bf16' or 'fp16' (the FSDP-based plugins build the MixedPrecisionPolicy)"
-    error = ValueError if isinstance(value, str) else TypeError
-    raise error(
-        f"Booster(mixed_precision=...) takes None, 'bf16' or 'fp16', got {value!r} "
-        f"({type(value).__name__}): {what}"
-    )
-
-
 class Booster:
     """Train with one of PyTorch's distributed engines through a plugin.
 
     Args:
         plugin: a :mod:`dormant.booster.plugin` plugin object; by default
-            :class:`TorchDDPPlugin`. Anything else raises ``TypeError``.
-        mixed_precision: ``None``, ``"bf16"`` or ``"fp16"``; applied by plugins that support it
-            (the FSDP-based ones, through ``MixedPrecisionPolicy``). Other values raise
-            ``TypeError`` or ``ValueError``; a plugin that cannot apply it raises
-            :class:`~dormant.errors.DormantError`.
+            :class:`TorchDDPPlugin`. Anything else raises ``TypeError``. (It may come first,
+            ``Booster(plugin)``, or by name.)
+        device: where the model trains; the plugins place it themselves (the accelerator if
+            there is one, else the CPU), so another device is an error.
+        mixed_precision: ``None``, ``"fp32"``, ``"bf16"`` or ``"fp16"``, for plugins whose
+            ``precision`` is not given; a plugin that cannot apply it, or whose ``precision``
+            says otherwise, raises :class:`~dormant.errors.DormantError`.
 
     Example::
 
@@ -78,12 +62,20 @@ class Booster:
         ... )  # doctest: +SKIP
     """
 
-    def __init__(self, plugin: Plugin | None = None, mixed_precision: str | None = None) -> None:
+    def __init__(
+        self,
+        plugin: Plugin | None = None,
+        mixed_precision: str | None = None,
+        *,
+        device: str | torch.device | None = None,
+    ) -> None:
         self.plugin = _check_plugin(plugin) if plugin is not None else TorchDDPPlugin()
-        _check_mixed_precision(mixed_precision)
-        if mixed_precision is not None:
-            self.plugin.check_mixed_precision(mixed_precision)
-        self.plugin.mixed_precision = mixed_precision
+        if device is not None and torch.device(device).type != device_type():
+            raise DormantError(
+                f"Booster(device={str(device)!r}): {type(self.plugin).__name__} trains on "
+                f"{device_type()!r} (the accelerator if there is one): leave device=None"
+            )
+        self.plugin.use_mixed_precision(canonical(mixed_precision, "mixed_precision"))
 
     def boost(
         self,
@@ -97,50 +89,102 @@ class Booster:
 
         Returns ``(model, optimizer, criterion, dataloader, lr_scheduler)``; ``None`` stays
         ``None``. An optimizer made before boosting keeps working: its parameter groups are
-        pointed at the boosted model's parameters. Dataloaders get a ``DistributedSampler``.
+        pointed at the boosted model's parameters, and it comes back as a
+        :class:`~dormant.booster.optimizer.BoostedOptimizer` (loss scaling, ``max_norm``
+        clipping, ``clip_grad_by_norm``, ``get_grad_norm``). Dataloaders get a
+        ``DistributedSampler``.
         """
         check_not_boosted(model)
         names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
         model = self.plugin.configure_model(model)
         if optimizer is not None:
-            prepared = self.plugin.prepare_optimizer(optimizer, model, names)
-            if prepared is not optimizer and lr_scheduler is not None:
-                lr_scheduler.optimizer = prepared
-            optimizer = prepared
+            optimizer = self.plugin.configure_optimizer(optimizer, model, names)
         if dataloader is not None:
-            dataloader = self.plugin.prepare_dataloader(dataloader)
+            dataloader = self.plugin.distribute_dataloader(dataloader)
         return model, optimizer, criterion, dataloader, lr_scheduler
 
     def backward(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer | None = None) -> None:
-        """Backpropagate ``loss`` (the engines reduce gradients in their backward hooks)."""
-        loss.backward()
+        """Backpropagate ``loss`` (scaled under fp16; the engines reduce gradients in their
+        backward hooks)."""
+        if isinstance(optimizer, BoostedOptimizer):
+            optimizer.backward(loss)
+        else:
+            loss.backward()
 
     @contextlib.contextmanager
-    def no_sync(self, model: nn.Module) -> Iterator[None]:
+    def no_sync(
+        self, model: nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None
+    ) -> Iterator[None]:
         """Accumulate gradients locally, without reducing them across ranks."""
-        with self.plugin.no_sync(model):
+        with self.plugin.no_sync(model, optimizer):
             yield
 
-    def save_model(self, model: nn.Module, checkpoint_dir: str) -> None:
-        """Save the model, sharded, with ``torch.distributed.checkpoint`` (every rank calls it)."""
-        self.plugin.save_model(model, checkpoint_dir)
+    def save_model(
+        self,
+        model: nn.Module,
+        checkpoint: str,
+        shard: bool = False,
+        gather_dtensor: bool = True,
+        prefix: str | None = None,
+        size_per_shard: int = 1024,
+        use_safetensors: bool = False,
+    ) -> None:
+        """Save the model (every rank calls it).
 
-    def load_model(self, model: nn.Module, checkpoint_dir: str) -> None:
-        """Load a checkpoint written by :meth:`save_model`, resharding as needed."""
-        self.plugin.load_model(model, checkpoint_dir)
+        ``gather_dtensor=True``: full tensors from rank 0, one file (``shard=False``) or a
+        transformers-style folder with an index and files of at most ``size_per_shard`` MB
+        (``shard=True``), safetensors with ``use_safetensors=True``. ``gather_dtensor=False``:
+        a ``torch.distributed.checkpoint`` folder, each rank writing its own shards.
+        """
+        self.plugin.save_model(
+            model, checkpoint, shard, gather_dtensor, prefix, size_per_shard, use_safetensors
+        )
+
+    def load_model(self, model: nn.Module, checkpoint: str, strict: bool = True) -> None:
+        """Load a checkpoint written by :meth:`save_model` (or any safetensors, ``torch.save``
+        or DCP checkpoint of the model), each rank reading its own part."""
+        self.plugin.load_model(model, checkpoint, strict)
 
     def save_optimizer(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, checkpoint_dir: str
+        self,
+        optimizer: torch.optim.Optimizer,
+        checkpoint: str,
+        shard: bool = False,
+        gather_dtensor: bool = True,
+        prefix: str | None = None,
+        size_per_shard: int = 1024,
     ) -> None:
-        """Save the optimizer state, sharded, with ``torch.distributed.checkpoint``."""
-        self.plugin.save_optimizer(model, optimizer, checkpoint_dir)
+        """Save the state of an optimizer that :meth:`boost` returned: one ``torch.save`` file
+        of the full state from rank 0, or with ``shard=True`` or ``gather_dtensor=False`` a
+        ``torch.distributed.checkpoint`` folder."""
+        self.plugin.save_optimizer(optimizer, checkpoint, gather_dtensor and not shard)
 
-    def load_optimizer(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, checkpoint_dir: str
-    ) -> None:
+    def load_optimizer(self, optimizer: torch.optim.Optimizer, checkpoint: str) -> None:
         """Load an optimizer state written by :meth:`save_optimizer`."""
-        self.plugin.load_optimizer(model, optimizer, checkpoint_dir)
+        self.plugin.load_optimizer(optimizer, checkpoint)
 
-    def export_safetensors(self, model: nn.Module, path: str) -> None:
-        """Write the full (unsharded) model to one safetensors file from rank 0."""
-        self.plugin.export_safetensors(model, path)
+    def save_lr_scheduler(self, lr_scheduler: Any, checkpoint: str) -> None:
+        """Save a learning-rate scheduler's state (one file, from rank 0)."""
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            os.makedirs(os.path.dirname(os.path.abspath(checkpoint)), exist_ok=True)
+            torch.save(lr_scheduler.state_dict(), checkpoint)
+        if dist.is_initialized():
+            dist.barrier()
+
+    def load_lr_scheduler(self, lr_scheduler: Any, checkpoint: str) -> None:
+        """Load a learning-rate scheduler's state saved by :meth:`save_lr_scheduler`."""
+        lr_scheduler.load_state_dict(torch.load(checkpoint, weights_only=True))
+
+    def enable_lora(self, model: nn.Module, *args: Any, **kwargs: Any) -> nn.Module:
+        """Not built: wrap the model with ``peft.get_peft_model`` before boosting instead."""
+        raise DormantError(
+            "Booster.enable_lora is not supported: wrap the model yourself before boosting, "
+            "model = peft.get_peft_model(model, LoraConfig(...)), then booster.boost(model, ...)"
+        )
+
+    def execute_pipeline(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Not built: dormant has no pipeline plugin yet (``pp_size`` > 1 is refused)."""
+        raise DormantError(
+            "Booster.execute_pipeline needs a pipeline plugin, which dormant does not have yet: "
+            "run forward, booster.backward(loss, optimizer) and optimizer.step() instead"
+        )

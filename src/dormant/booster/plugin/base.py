@@ -1,64 +1,25 @@
-"""What every plugin shares: process-group checks, optimizer rebinding, dataloaders, checkpoints."""
+"""What every plugin shares: its precision and clipping settings, the boosted optimizer,
+dataloaders, checkpoints, and the marks that keep a model from being boosted twice."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
-from ..._lazy_tensor import LazyTensor
-from ..._materialize import materialize
-from ..._placement import fill_local, to_empty, to_meta
 from ...errors import DormantError
+from ..optimizer import BoostedOptimizer
+from ..precision import LossScale, Precision, canonical
+from . import checkpoint_io
 
 _BOOSTED = "_dormant_boosted"
 _log = logging.getLogger("dormant")
-
-# ``mixed_precision`` names and the parameter dtype each means.
-MIXED_PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def device_type() -> str:
-    """Where plugins put the model: the accelerator if there is one."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@contextlib.contextmanager
-def sharded_in_place(model: nn.Module, device: str) -> Iterator[None]:
-    """Shard ``model`` with a PyTorch engine inside the block, before any value exists; then
-    allocate each rank's local shards on ``device`` and fill them exactly.
-
-    See [Note: sharded materialization] in ``_placement.py``: the model is moved to meta
-    (keeping its lazy or real values aside), the engine shards meta tensors, ``to_empty``
-    allocates the local shards, and each shard is filled from the values kept aside.
-    """
-    sources = to_meta(model)
-    yield
-    to_empty(model, device)
-    whole = fill_local(model, sources)
-    del sources
-    if whole:  # (logging.getLogger("dormant").setLevel("INFO") shows them)
-        _log.info(
-            "dormant: %d tensors computed whole on every rank, then sliced (no window rule): %s",
-            len(whole),
-            "; ".join(f"{w.name} ({w.nbytes / 2**20:.1f} MiB): {w.reason}" for w in whole),
-        )
-    materialize(model)  # tensors held as plain attributes, if any are lazy
 
 
 def check_not_boosted(model: nn.Module) -> None:
@@ -81,58 +42,67 @@ def require_process_group(plugin: object) -> None:
         )
 
 
-def check_same_program(model: nn.Module) -> None:
-    """Fail loudly if ranks would shard different models.
-
-    Lazy tensors: every rank must have recorded the same ops (names, checkpoint keys read) with
-    the same random positions. Real tensors: the bytes of a strided sample of each tensor, which
-    catches ranks built from different seeds or loaded from different files.
-    """
-    digest = hashlib.sha256()
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        digest.update(f"{name}{tuple(t.shape)}{t.dtype}{isinstance(t, LazyTensor)}".encode())
-        if isinstance(t, LazyTensor):
-            for node in t._lazy_storage.writers:
-                digest.update(node.label.encode())  # "read <key>" for checkpoint reads
-                if node.rng is not None and node.rng.start is not None:
-                    # Where each random op draws: ranks seeded differently disagree here.
-                    digest.update(node.rng.start.anchor.numpy().tobytes())
-                    digest.update(str(node.rng.start.draws).encode())
-        elif t.device.type != "meta" and t.numel():
-            digest.update(_checksum(t))
-    mine = digest.hexdigest()
-    every: list[str] = [""] * dist.get_world_size()
-    dist.all_gather_object(every, mine)
-    if len(set(every)) != 1:
-        raise DormantError(
-            "ranks built the model differently, from different RNG states or from different "
-            "checkpoints, so their shards would not form one model: seed every rank the same "
-            "before building (dormant.launch(seed=...) or torch.manual_seed) and load the same "
-            "files on every rank"
+def no_effect(plugin: str, given: dict[str, Any], defaults: dict[str, Any], why: str) -> None:
+    """Log one line naming the arguments of the API dormant follows that were given a value
+    other than their default and that PyTorch's engines have no counterpart for."""
+    changed = {k: v for k, v in given.items() if k in defaults and v != defaults[k]}
+    if changed:
+        _log.warning(
+            "dormant: %s(%s) has no effect here: %s",
+            plugin,
+            ", ".join(f"{k}={v!r}" for k, v in changed.items()),
+            why,
         )
 
 
-def _checksum(t: torch.Tensor) -> bytes:
-    # A strided sample of at most 4096 elements: values built from different seeds or files
-    # differ nearly everywhere, and reading all of a large model would cost a second or more.
-    flat = t.detach().reshape(-1)
-    sample = flat[:: max(1, flat.numel() // 4096)].contiguous().cpu()
-    return sample.view(torch.uint8).numpy().tobytes() if sample.numel() else b""
-
-
 class Plugin:
-    """Base class of the plugins: subclasses implement :meth:`configure_model`."""
+    """Base class of the plugins: a configuration, and the engine calls it makes.
 
-    mixed_precision: str | None = None
+    Subclasses implement :meth:`configure_model`. Common arguments, as in the API dormant
+    follows: ``precision`` (``"fp32"``, ``"bf16"`` or ``"fp16"``; None takes the Booster's
+    ``mixed_precision``, else the plugin's default), ``max_norm`` (clip gradients to this norm
+    inside ``optimizer.step()``; 0 does not clip), ``norm_type``, and fp16 loss scaling
+    (``initial_scale``, ``growth_factor``, ``backoff_factor``, ``growth_interval``,
+    ``hysteresis``, ``min_scale``, ``max_scale``).
+    """
+
+    #: The precision used when neither the plugin nor the Booster names one.
+    default_precision = "fp32"
+    #: Whether the plugin's engine can apply a compute precision (FSDP2's policy).
+    controls_precision = True
+
+    def __init__(
+        self,
+        precision: str | None = None,
+        max_norm: float = 0.0,
+        norm_type: float = 2.0,
+        loss_scale: LossScale | None = None,
+    ) -> None:
+        self.precision_arg = canonical(precision, "precision")
+        self.max_norm = float(max_norm)
+        self.norm_type = float(norm_type)
+        self.loss_scale = loss_scale or LossScale()
+        self.precision = Precision.of(self.precision_arg or self.default_precision, loss_scale)
+
+    def use_mixed_precision(self, mixed_precision: str | None) -> None:
+        """Apply the Booster's ``mixed_precision``; called when the Booster is made."""
+        if mixed_precision is None:
+            return
+        if not self.controls_precision:
+            raise DormantError(
+                f"{type(self).__name__} does not apply mixed_precision={mixed_precision!r}; use "
+                "torch.autocast in the training step, or an FSDP-based plugin (TorchFSDPPlugin)"
+            )
+        if self.precision_arg not in (None, mixed_precision):
+            raise DormantError(
+                f"Booster(mixed_precision={mixed_precision!r}) and "
+                f"{type(self).__name__}(precision={self.precision_arg!r}) disagree: name the "
+                "precision once, on the plugin"
+            )
+        self.precision = Precision.of(mixed_precision, self.loss_scale)
 
     def configure_model(self, model: nn.Module) -> nn.Module:
         raise NotImplementedError
-
-    def check_mixed_precision(self, mixed_precision: str) -> None:
-        """Raise :class:`DormantError` if this plugin cannot apply ``mixed_precision``.
-
-        The :class:`~dormant.booster.Booster` calls it when it is made, before any model is built.
-        """
 
     def unwrap(self, model: nn.Module) -> nn.Module:
         """The user's module inside whatever wrapper the engine adds."""
@@ -140,22 +110,64 @@ class Plugin:
 
     # -- optimizer and data ------------------------------------------------------------------
 
-    def prepare_optimizer(
+    def configure_optimizer(
         self, optimizer: torch.optim.Optimizer, model: nn.Module, names: dict[int, str]
-    ) -> torch.optim.Optimizer:
-        """Point an optimizer built on the original parameters at the boosted ones.
+    ) -> BoostedOptimizer:
+        """Point an optimizer built on the original parameters at the boosted ones, and wrap it
+        with this plugin's loss scaling and clipping.
 
         ``names`` maps ``id(original parameter)`` to its name in the module before boosting.
         """
+        if isinstance(optimizer, BoostedOptimizer):
+            raise DormantError("boost() was given an optimizer that boost() already returned")
         if optimizer.state:
             raise DormantError("boost() expects an optimizer that has not stepped yet")
         current = dict(self.unwrap(model).named_parameters(remove_duplicate=False))
         for group in optimizer.param_groups:
             group["params"] = [current[names[id(p)]] for p in group["params"]]
-        return optimizer
+        loss_scale = self.precision.loss_scale
+        scaler = None
+        if loss_scale is not None:
+            device = next((p.device.type for p in current.values()), "cpu")
+            scaler = loss_scale.scaler(device)
+        return BoostedOptimizer(
+            optimizer, max_norm=self.max_norm, norm_type=self.norm_type, scaler=scaler, model=model
+        )
 
-    def prepare_dataloader(self, dataloader: DataLoader) -> DataLoader:
-        """The same dataloader, each rank reading its own part of the dataset."""
+    def prepare_dataloader(
+        self,
+        dataset: Dataset[Any],
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 1024,
+        drop_last: bool = False,
+        pin_memory: bool = False,
+        num_workers: int = 0,
+        distributed_sampler_cls: type[DistributedSampler[Any]] | None = None,
+        **kwargs: Any,
+    ) -> DataLoader[Any]:
+        """A dataloader of which each rank reads its own part of ``dataset``.
+
+        Example::
+
+            >>> loader = plugin.prepare_dataloader(dataset, 8, shuffle=True)  # doctest: +SKIP
+        """
+        cls = distributed_sampler_cls or DistributedSampler
+        sampler = cls(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=drop_last,
+            pin_memory=pin_memory,
+            num_workers=num_workers,
+            **kwargs,
+        )
+
+    def distribute_dataloader(self, dataloader: DataLoader[Any]) -> DataLoader[Any]:
+        """The same dataloader, each rank reading its own part (one already distributed stays)."""
+        if isinstance(dataloader.sampler, DistributedSampler):
+            return dataloader
         sampler: DistributedSampler[Any] = DistributedSampler(
             dataloader.dataset, shuffle=isinstance(dataloader.sampler, RandomSampler)
         )
@@ -170,82 +182,53 @@ class Plugin:
         )
 
     @contextlib.contextmanager
-    def no_sync(self, model: nn.Module) -> Iterator[None]:
+    def no_sync(
+        self, model: nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None
+    ) -> Iterator[None]:
         yield
 
     # -- checkpoints ---------------------------------------------------------------------------
 
-    def save_model(self, model: nn.Module, checkpoint_dir: str) -> None:
-        dcp.save(get_model_state_dict(self.unwrap(model)), checkpoint_id=checkpoint_dir)
-
-    def load_model(self, model: nn.Module, checkpoint_dir: str) -> None:
-        module = self.unwrap(model)
-        state = get_model_state_dict(module)
-        dcp.load(state, checkpoint_id=checkpoint_dir)
-        set_model_state_dict(module, state)
-
-    def save_optimizer(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, checkpoint_dir: str
+    def save_model(
+        self,
+        model: nn.Module,
+        checkpoint: str,
+        shard: bool = False,
+        gather_dtensor: bool = True,
+        prefix: str | None = None,
+        size_per_shard: int = 1024,
+        use_safetensors: bool = False,
     ) -> None:
-        state = get_optimizer_state_dict(self.unwrap(model), optimizer)
-        dcp.save(state, checkpoint_id=checkpoint_dir)
-
-    def load_optimizer(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, checkpoint_dir: str
-    ) -> None:
-        module = self.unwrap(model)
-        state = get_optimizer_state_dict(module, optimizer)
-        dcp.load(state, checkpoint_id=checkpoint_dir)
-        set_optimizer_state_dict(module, optimizer, state)
-
-    def export_safetensors(self, model: nn.Module, path: str) -> None:
-        from safetensors.torch import save_file
-
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        state: dict[str, Any] = get_model_state_dict(self.unwrap(model), options=options)
-        if dist.get_rank() == 0:
-            seen: set[int] = set()
-            unique: dict[str, torch.Tensor] = {}
-            for name, t in state.items():  # tied weights are stored once
-                if t.data_ptr() not in seen:
-                    seen.add(t.data_ptr())
-                    unique[name] = t.contiguous()
-            save_file(unique, path)
-        dist.barrier()
-
-
-def blocks(model: nn.Module) -> list[nn.Module]:
-    """The repeated blocks to shard one by one, innermost first.
-
-    Candidates are transformers' ``_no_split_modules`` classes, otherwise the members of every
-    ``nn.ModuleList``. A candidate is kept only if no module outside it holds one of its
-    parameters: FSDP2 manages each parameter in one group, so a tied weight (BERT's word
-    embeddings and its prediction head) is left to the smallest kept module that holds every
-    use, in the end the root. Nested candidates (a UNet's down block and its resnets) are
-    returned children first, the order ``fully_shard`` needs.
-    """
-    split: Any = getattr(model, "_no_split_modules", None)
-    named = list(model.named_modules())[1:]  # the root is sharded last, by the plugin
-    found: list[tuple[str, nn.Module]] = []
-    if split:
-        found = [(n, m) for n, m in named if type(m).__name__ in set(split)]
-    if not found:
-        lists = [m for _, m in named if isinstance(m, nn.ModuleList)]
-        members = {id(m) for lst in lists for m in lst}
-        found = [(n, m) for n, m in named if id(m) in members]
-    holders: dict[int, list[str]] = {}
-    for prefix, mod in model.named_modules(remove_duplicate=False):
-        for p in mod._parameters.values():
-            if p is not None:
-                holders.setdefault(id(p), []).append(prefix)
-
-    def owns_its_parameters(name: str, block: nn.Module) -> bool:
-        return all(
-            h == name or h.startswith(f"{name}.")
-            for p in block.parameters()
-            for h in holders[id(p)]
+        checkpoint_io.save_model(
+            self.unwrap(model),
+            checkpoint,
+            shard=shard,
+            gather_dtensor=gather_dtensor,
+            prefix=prefix,
+            size_per_shard=size_per_shard,
+            use_safetensors=use_safetensors,
         )
 
-    kept = [(n, m) for n, m in found if owns_its_parameters(n, m)]
-    kept.sort(key=lambda item: item[0].count("."), reverse=True)
-    return [m for _, m in kept]
+    def load_model(self, model: nn.Module, checkpoint: str, strict: bool = True) -> None:
+        checkpoint_io.load_model(self.unwrap(model), checkpoint, strict)
+
+    def save_optimizer(
+        self, optimizer: torch.optim.Optimizer, checkpoint: str, gather_dtensor: bool = True
+    ) -> None:
+        model, inner = _model_of(optimizer)
+        checkpoint_io.save_optimizer(self.unwrap(model), inner, checkpoint, gather=gather_dtensor)
+
+    def load_optimizer(self, optimizer: torch.optim.Optimizer, checkpoint: str) -> None:
+        model, inner = _model_of(optimizer)
+        checkpoint_io.load_optimizer(self.unwrap(model), inner, checkpoint)
+
+
+def _model_of(optimizer: torch.optim.Optimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
+    if not isinstance(optimizer, BoostedOptimizer):
+        raise DormantError(
+            f"optimizer checkpoints need the optimizer that boost() returned, got "
+            f"{type(optimizer).__name__}: pass model, optimizer, ... = booster.boost(model, "
+            "optimizer) and save that optimizer"
+        )
+    assert optimizer.model is not None
+    return optimizer.model, optimizer.optim

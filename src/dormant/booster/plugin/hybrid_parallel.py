@@ -2,86 +2,117 @@
 
 from __future__ import annotations
 
-import torch
-import torch.distributed as dist
-from torch import nn
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor.parallel import ParallelStyle, parallelize_module
+from typing import Any
+
+from torch.distributed.tensor.parallel import ParallelStyle
 
 from ...errors import DormantError
-from .base import (
-    MIXED_PRECISION_DTYPES,
-    Plugin,
-    blocks,
-    check_same_program,
-    device_type,
-    mark_boosted,
-    require_process_group,
-    sharded_in_place,
-)
-from .tp_plans import check_plan_matches, plan_for
+from ..precision import LossScale
+from .base import no_effect
+from .sharding import Sharding
+from .torch_fsdp import ShardedPlugin
+
+_NO_EFFECT_DEFAULTS: dict[str, Any] = {
+    "sp_size": None,
+    "enable_all_optimization": False,
+    "enable_fused_normalization": False,
+    "enable_flash_attention": False,
+    "enable_jit_fused": False,
+    "enable_sequence_parallelism": False,
+    "sequence_parallelism_mode": None,
+    "enable_sequence_overlap": False,
+    "parallel_output": True,
+    "make_vocab_size_divisible_by": 64,
+    "num_model_chunks": 1,
+    "dp_outside": True,
+    "overlap_communication": True,
+    "overlap_allgather": False,
+    "overlap_p2p": True,
+    "reduce_bucket_size_in_m": 12,
+    "communication_dtype": None,
+    "custom_policy": None,
+    "broadcast_buffers": True,
+    "ddp_bucket_cap_mb": 25,
+    "find_unused_parameters": False,
+    "check_reduction": False,
+    "gradient_as_bucket_view": False,
+    "static_graph": False,
+    "zero_bucket_size_in_m": 12,
+    "cpu_offload": False,
+    "inner_ring_size": None,
+    "fp8_communication": False,
+    "use_fp8": False,
+}
 
 
-class HybridParallelPlugin(Plugin):
+class HybridParallelPlugin(ShardedPlugin):
     """Tensor parallelism (``parallelize_module``) times data parallelism (FSDP2).
 
     Ranks form a ``(dp, tp)`` mesh with ``tp = tp_size``. Linear layers are split across the
     ``tp`` dimension following ``tp_plan`` (or the model family's plan: Llama-family models from
     their transformers config, BERT and GPT-2 built in), then FSDP2 shards across ``dp``. ZeRO
-    stage 3 reshards parameters after forward; stages 1 and 2 keep them gathered until backward.
+    stage 3 reshards parameters after forward; stages 0, 1 and 2 keep them gathered until
+    backward. Arguments follow the API dormant follows (``precision="fp16"`` by default, loss
+    scaling, ``max_norm``). ``pp_size`` > 1 is refused (pipeline stages are not built yet);
+    microbatching, sequence parallelism, fused kernels and bucket settings have no effect
+    (logged when changed).
 
     Example::
 
-        >>> plugin = HybridParallelPlugin(tp_size=2, zero_stage=2)
+        >>> plugin = HybridParallelPlugin(tp_size=2, pp_size=1, zero_stage=2)
         >>> booster = Booster(plugin=plugin)  # doctest: +SKIP
     """
+
+    default_precision = "fp16"
 
     def __init__(
         self,
         tp_size: int,
-        zero_stage: int = 2,
+        pp_size: int = 1,
+        precision: str | None = None,
+        zero_stage: int = 0,
+        initial_scale: float = 2**16,
+        min_scale: float = 1,
+        growth_factor: float = 2,
+        backoff_factor: float = 0.5,
+        growth_interval: int = 1000,
+        hysteresis: int = 2,
+        max_scale: float = 2**32,
+        max_norm: float = 0.0,
+        num_microbatches: int | None = None,
+        microbatch_size: int | None = None,
         tp_plan: dict[str, ParallelStyle] | None = None,
+        **kwargs: Any,
     ) -> None:
+        unknown = sorted(set(kwargs) - set(_NO_EFFECT_DEFAULTS))
+        if unknown:
+            raise TypeError(f"HybridParallelPlugin() got unexpected keyword arguments: {unknown}")
         if zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {zero_stage}")
+        if pp_size != 1:
+            raise DormantError(
+                f"HybridParallelPlugin(pp_size={pp_size}) is not supported yet: split the model "
+                "into stages yourself (keep each stage's layers, delete the others), then "
+                "dormant.materialize(model) computes only the stage's own layers"
+            )
+        if kwargs.get("use_fp8") or kwargs.get("fp8_communication"):
+            raise DormantError(
+                "HybridParallelPlugin(use_fp8=..., fp8_communication=...) is not supported: "
+                "leave them False"
+            )
+        no_effect(
+            "HybridParallelPlugin",
+            {**kwargs, "num_microbatches": num_microbatches, "microbatch_size": microbatch_size},
+            {**_NO_EFFECT_DEFAULTS, "num_microbatches": None, "microbatch_size": None},
+            "there is no pipeline, sequence parallelism or fused kernel to configure",
+        )
+        scale = LossScale(
+            initial_scale, growth_factor, backoff_factor, growth_interval, hysteresis, min_scale,
+            max_scale,
+        )  # fmt: skip
+        super().__init__(precision, max_norm, 2.0, scale)
         self.tp_size = tp_size
         self.zero_stage = zero_stage
-        self.tp_plan = tp_plan
-
-    def configure_model(self, model: nn.Module) -> nn.Module:
-        require_process_group(self)
-        world = dist.get_world_size()
-        if self.tp_size < 1 or world % self.tp_size:
-            raise DormantError(
-                f"tp_size={self.tp_size} does not divide the world size {world}: choose a "
-                f"divisor of {world}"
-            )
-        dp = world // self.tp_size
-        if dp == 1 and self.mixed_precision is not None:
-            raise DormantError(
-                f"HybridParallelPlugin(tp_size={self.tp_size}) on {world} rank(s) leaves no "
-                "data-parallel dimension, and only its FSDP part applies "
-                f"mixed_precision={self.mixed_precision!r}: use a tp_size below the world size, "
-                "or torch.autocast in the training step"
-            )
-        if self.tp_plan is not None:
-            plan = self.tp_plan
-        else:  # tp_size=1 splits nothing: any model boosts, with or without a known plan
-            plan = plan_for(model) if self.tp_size > 1 else {}
-        check_same_program(model)
-        # after check_same_program: ranks agree on the model, so all raise here or none does
-        check_plan_matches(model, plan)
-        mesh = init_device_mesh(device_type(), (dp, self.tp_size), mesh_dim_names=("dp", "tp"))
-        with sharded_in_place(model, device_type()):
-            parallelize_module(model, mesh["tp"], plan)
-            if dp > 1:
-                kwargs: dict = {"mesh": mesh["dp"], "reshard_after_forward": self.zero_stage == 3}
-                if self.mixed_precision is not None:
-                    dtype = MIXED_PRECISION_DTYPES[self.mixed_precision]
-                    kwargs["mp_policy"] = MixedPrecisionPolicy(dtype, torch.float32)
-                for block in blocks(model):
-                    fully_shard(block, **kwargs)
-                fully_shard(model, **kwargs)
-        mark_boosted(model)
-        return model
+        self.sharding = Sharding(
+            reshard_after_forward=zero_stage == 3, tp_size=tp_size, tp_plan=tp_plan
+        )

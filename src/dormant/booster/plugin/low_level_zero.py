@@ -1,65 +1,99 @@
-"""LowLevelZeroPlugin: ZeRO stage 1 or 2 on PyTorch's own engines."""
+"""LowLevelZeroPlugin: ZeRO stage 1 or 2, both as FSDP2 keeping parameters gathered from forward
+to backward."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from torch import nn
-from torch.distributed.optim import ZeroRedundancyOptimizer
 
 from ...errors import DormantError
-from .torch_ddp import TorchDDPPlugin
-from .torch_fsdp import TorchFSDPPlugin
+from ..precision import LossScale
+from .base import no_effect
+from .sharding import Sharding
+from .torch_fsdp import ShardedPlugin
 
 
-class LowLevelZeroPlugin(TorchFSDPPlugin):
-    """ZeRO stage 1 (optimizer state sharded) or 2 (optimizer state and gradients sharded).
+class LowLevelZeroPlugin(ShardedPlugin):
+    """ZeRO with optimizer state (stage 1) and gradients (stage 2) sharded across ranks.
 
-    Stage 2 is FSDP2 with ``reshard_after_forward=False`` (parameters stay gathered between
-    forward and backward; gradients and optimizer state are sharded). Stage 1 is
-    ``DistributedDataParallel`` with ``ZeroRedundancyOptimizer``, which shards only the optimizer
-    state: :meth:`~dormant.booster.Booster.boost` then returns a new optimizer object of the same
-    class and settings (and points ``lr_scheduler.optimizer`` at it).
+    Both stages run on FSDP2 with ``reshard_after_forward=False``: parameters are gathered for
+    forward and kept until backward, gradients are reduce-scattered and each rank steps the
+    optimizer on its shard. Stage 1 therefore also shards gradients and the parameters at rest,
+    which PyTorch's engine does at the same communication volume as an all-reduce; the training
+    step computes the same thing. Arguments follow the API dormant follows, defaults included
+    (``stage=1``, ``precision="fp16"`` with loss scaling from ``initial_scale=2**32``):
+    ``max_norm`` clips inside ``optimizer.step()``; ``cpu_offload`` is FSDP2's
+    ``CPUOffloadPolicy``; ``communication_dtype`` is the gradient reduction dtype;
+    ``extra_dp_size`` replicates across that many groups, each sharded (HSDP). Bucket sizes,
+    overlap switches, ``master_weights``, ``cast_inputs`` and ``verbose`` have no effect (FSDP2
+    keeps fp32 shards and overlaps by itself): a non-default value is logged.
 
     Example::
 
-        >>> booster = Booster(plugin=LowLevelZeroPlugin(stage=2))  # doctest: +SKIP
+        >>> plugin = LowLevelZeroPlugin(stage=2, precision="bf16")
+        >>> booster = Booster(plugin=plugin)  # doctest: +SKIP
     """
 
-    def __init__(self, stage: int = 2) -> None:
+    default_precision = "fp16"
+
+    def __init__(
+        self,
+        stage: int = 1,
+        precision: str | None = None,
+        initial_scale: float = 2**32,
+        min_scale: float = 1,
+        growth_factor: float = 2,
+        backoff_factor: float = 0.5,
+        growth_interval: int = 1000,
+        hysteresis: int = 2,
+        max_scale: float = 2**32,
+        max_norm: float = 0.0,
+        norm_type: float = 2.0,
+        reduce_bucket_size_in_m: int = 12,
+        communication_dtype: torch.dtype | None = None,
+        overlap_communication: bool = True,
+        overlap_allgather: bool = False,
+        cpu_offload: bool = False,
+        master_weights: bool = True,
+        verbose: bool = False,
+        cast_inputs: bool = True,
+        fp8_communication: bool = False,
+        use_fp8: bool = False,
+        extra_dp_size: int = 1,
+    ) -> None:
         if stage not in (1, 2):
             raise ValueError(f"LowLevelZeroPlugin(stage=...) must be 1 or 2, got {stage}")
-        super().__init__(reshard_after_forward=False)
-        self.stage = stage
-        self._ddp = TorchDDPPlugin()
-
-    def configure_model(self, model: nn.Module) -> nn.Module:
-        if self.stage == 2:
-            return super().configure_model(model)
-        self._ddp.mixed_precision = self.mixed_precision
-        return self._ddp.configure_model(model)
-
-    def check_mixed_precision(self, mixed_precision: str) -> None:
-        if self.stage == 1:
+        if use_fp8 or fp8_communication:
             raise DormantError(
-                f"LowLevelZeroPlugin(stage=1) runs DDP, which does not apply "
-                f"mixed_precision={mixed_precision!r}: use LowLevelZeroPlugin(stage=2), or "
-                "torch.autocast in the training step"
+                "LowLevelZeroPlugin(use_fp8=..., fp8_communication=...) is not supported: "
+                "FSDP2 computes and communicates in the precision given: leave them False"
             )
-
-    def unwrap(self, model: nn.Module) -> nn.Module:
-        return self._ddp.unwrap(model) if self.stage == 1 else model
-
-    def no_sync(self, model: nn.Module):  # type: ignore[no-untyped-def]
-        return self._ddp.no_sync(model) if self.stage == 1 else super().no_sync(model)
-
-    def prepare_optimizer(
-        self, optimizer: torch.optim.Optimizer, model: nn.Module, names: dict[int, str]
-    ) -> torch.optim.Optimizer:
-        """Stage 1: the same optimizer class and settings, its state sharded across ranks."""
-        optimizer = super().prepare_optimizer(optimizer, model, names)
-        if self.stage != 1:
-            return optimizer
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        return ZeroRedundancyOptimizer(
-            params, optimizer_class=type(optimizer), **optimizer.defaults
+        given: dict[str, Any] = {
+            "reduce_bucket_size_in_m": reduce_bucket_size_in_m,
+            "overlap_communication": overlap_communication,
+            "overlap_allgather": overlap_allgather,
+            "master_weights": master_weights,
+            "verbose": verbose,
+            "cast_inputs": cast_inputs,
+        }
+        no_effect(
+            "LowLevelZeroPlugin",
+            given,
+            {"reduce_bucket_size_in_m": 12, "overlap_communication": True,
+             "overlap_allgather": False, "master_weights": True, "verbose": False,
+             "cast_inputs": True},
+            "FSDP2 keeps fp32 parameter shards, casts inputs and overlaps communication itself",
+        )  # fmt: skip
+        scale = LossScale(
+            initial_scale, growth_factor, backoff_factor, growth_interval, hysteresis, min_scale,
+            max_scale,
+        )  # fmt: skip
+        super().__init__(precision, max_norm, norm_type, scale)
+        self.stage = stage
+        self.sharding = Sharding(
+            reshard_after_forward=False,
+            offload=cpu_offload,
+            reduce_dtype=communication_dtype,
+            replicate_size=extra_dp_size,
         )

@@ -19,20 +19,30 @@ class TorchDDPPlugin(Plugin):
     """Replicate the model with ``DistributedDataParallel``.
 
     A lazy model is materialized on every rank (same values everywhere, from the same seed),
-    then wrapped. Keyword arguments go to ``DistributedDataParallel``.
+    then wrapped. Keyword arguments go to ``DistributedDataParallel`` (``broadcast_buffers``,
+    ``bucket_cap_mb``, ``find_unused_parameters``, ``check_reduction``,
+    ``gradient_as_bucket_view``, ``static_graph``); ``max_norm`` clips inside
+    ``optimizer.step()``. Mixed precision: ``torch.autocast`` in the training step.
 
     Example::
 
         >>> booster = Booster(plugin=TorchDDPPlugin(find_unused_parameters=False))  # doctest: +SKIP
     """
 
-    def __init__(self, **ddp_kwargs: Any) -> None:
+    controls_precision = False
+
+    def __init__(
+        self, *, max_norm: float = 0.0, fp8_communication: bool = False, **ddp_kwargs: Any
+    ) -> None:
+        if fp8_communication:
+            raise DormantError(
+                "TorchDDPPlugin(fp8_communication=True) is not supported: leave it False"
+            )
+        super().__init__(None, max_norm)
         self.ddp_kwargs = ddp_kwargs
 
     def configure_model(self, model: nn.Module) -> nn.Module:
         require_process_group(self)
-        if self.mixed_precision is not None:
-            self.check_mixed_precision(self.mixed_precision)
         materialize(model)
         device = _device()
         model.to(device)
@@ -43,18 +53,16 @@ class TorchDDPPlugin(Plugin):
         mark_boosted(wrapped)  # boosting the returned wrapper again would nest DDP(DDP(model))
         return wrapped
 
-    def check_mixed_precision(self, mixed_precision: str) -> None:
-        raise DormantError(
-            f"TorchDDPPlugin does not apply mixed_precision={mixed_precision!r}; use "
-            "torch.autocast in the training step, or an FSDP-based plugin (TorchFSDPPlugin)"
-        )
-
     def unwrap(self, model: nn.Module) -> nn.Module:
         return model.module if isinstance(model, DDP) else model
 
     @contextlib.contextmanager
-    def no_sync(self, model: nn.Module) -> Iterator[None]:
-        with model.no_sync():  # type: ignore[operator]
+    def no_sync(
+        self, model: nn.Module | None = None, optimizer: torch.optim.Optimizer | None = None
+    ) -> Iterator[None]:
+        if not isinstance(model, DDP):
+            raise DormantError("TorchDDPPlugin.no_sync needs the model boost() returned")
+        with model.no_sync():
             yield
 
 

@@ -1,0 +1,219 @@
+"""The sharding sequence every sharded plugin runs, written once: check that ranks agree, split
+with DTensor tensor parallelism, shard with FSDP2 block by block, then fill each rank's shards."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import (
+    CPUOffloadPolicy,
+    MixedPrecisionPolicy,
+    OffloadPolicy,
+    fully_shard,
+)
+from torch.distributed.tensor.parallel import ParallelStyle, parallelize_module
+
+from ..._lazy_tensor import LazyTensor
+from ..._materialize import materialize
+from ..._placement import fill_local, to_empty, to_meta
+from ...errors import DormantError
+from ..precision import Precision
+from .tp_plans import check_plan_matches, plan_for
+
+_log = logging.getLogger("dormant")
+
+
+def device_type() -> str:
+    """Where plugins put the model: the accelerator if there is one."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class Sharding:
+    """How a plugin shards: what FSDP2 and DTensor are asked to do.
+
+    ``tp_size`` ranks split each linear layer of ``tp_plan`` (the model family's plan when
+    None); FSDP2 shards over the other ``world / tp_size`` ranks, resharding parameters after
+    forward when ``reshard_after_forward`` (ZeRO-3) or keeping them until backward (ZeRO-2).
+    ``replicate_size`` > 1 shards within groups of ``world / replicate_size`` ranks and
+    replicates across groups (HSDP). ``wrap`` picks extra modules to shard as their own group
+    (an FSDP1 ``auto_wrap_policy``).
+    """
+
+    reshard_after_forward: bool = True
+    offload: bool = False
+    pin_memory: bool = False
+    precision: Precision = Precision("fp32")  # noqa: RUF009 (frozen: shared safely)
+    output_dtype: torch.dtype | None = None
+    reduce_dtype: torch.dtype | None = None
+    tp_size: int = 1
+    tp_plan: dict[str, ParallelStyle] | None = None
+    replicate_size: int = 1
+    wrap: Callable[[nn.Module], bool] | None = None
+
+    def fsdp_kwargs(self, mesh: DeviceMesh) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"mesh": mesh, "reshard_after_forward": self.reshard_after_forward}
+        dtype = self.precision.param_dtype
+        if dtype is not None or self.output_dtype is not None or self.reduce_dtype is not None:
+            kwargs["mp_policy"] = MixedPrecisionPolicy(
+                param_dtype=dtype,
+                reduce_dtype=self.reduce_dtype or torch.float32,
+                output_dtype=self.output_dtype,
+            )
+        offload = CPUOffloadPolicy(pin_memory=self.pin_memory and torch.cuda.is_available())
+        kwargs["offload_policy"] = offload if self.offload else OffloadPolicy()
+        return kwargs
+
+
+def shard(model: nn.Module, sharding: Sharding) -> nn.Module:
+    """Shard ``model`` (lazy, partly lazy or real) as ``sharding`` says, each rank computing
+    only its own shards (see [Note: sharded materialization] in ``_placement.py``)."""
+    world = dist.get_world_size()
+    tp, replicate = sharding.tp_size, sharding.replicate_size
+    if tp < 1 or world % (tp * replicate):
+        raise DormantError(
+            f"tp_size={tp} does not divide the world size {world}: choose a divisor of {world}"
+        )
+    dp = world // tp
+    plan = sharding.tp_plan
+    if plan is None:  # tp_size=1 splits nothing: any model boosts, with or without a known plan
+        plan = plan_for(model) if tp > 1 else {}
+    check_same_program(model)
+    # after check_same_program: ranks agree on the model, so all raise here or none does
+    check_plan_matches(model, plan)
+    device = "cpu" if sharding.offload else device_type()
+    tp_mesh = None
+    if tp > 1 and replicate > 1:
+        raise DormantError(
+            "replicated shard groups (HSDP) with tensor parallelism are not supported yet: use "
+            "tp_size=1 with HSDP, or tensor parallelism with plain FSDP"
+        )
+    if tp > 1:
+        mesh = init_device_mesh(device_type(), (dp, tp), mesh_dim_names=("dp", "tp"))
+        dp_mesh, tp_mesh = mesh["dp"], mesh["tp"]
+    elif replicate > 1:  # HSDP: FSDP2 replicates over the first mesh dim, shards over the second
+        shape = (replicate, dp // replicate)
+        dp_mesh = init_device_mesh(device_type(), shape, mesh_dim_names=("replicate", "shard"))
+    else:
+        dp_mesh = init_device_mesh(device_type(), (world,))
+    with sharded_in_place(model, device):
+        if tp_mesh is not None:
+            parallelize_module(model, tp_mesh, plan)
+        # FSDP2 also over a data-parallel dimension of 1: it applies the precision policy
+        kwargs = sharding.fsdp_kwargs(dp_mesh)
+        for block in blocks(model, sharding.wrap):
+            fully_shard(block, **kwargs)
+        fully_shard(model, **kwargs)
+    return model
+
+
+@contextlib.contextmanager
+def sharded_in_place(model: nn.Module, device: str) -> Iterator[None]:
+    """Shard ``model`` with a PyTorch engine inside the block, before any value exists; then
+    allocate each rank's local shards on ``device`` and fill them exactly.
+
+    See [Note: sharded materialization] in ``_placement.py``: the model is moved to meta
+    (keeping its lazy or real values aside), the engine shards meta tensors, ``to_empty``
+    allocates the local shards, and each shard is filled from the values kept aside.
+    """
+    sources = to_meta(model)
+    yield
+    to_empty(model, device)
+    whole = fill_local(model, sources)
+    del sources
+    if whole:  # (logging.getLogger("dormant").setLevel("INFO") shows them)
+        _log.info(
+            "dormant: %d tensors computed whole on every rank, then sliced (no window rule): %s",
+            len(whole),
+            "; ".join(f"{w.name} ({w.nbytes / 2**20:.1f} MiB): {w.reason}" for w in whole),
+        )
+    materialize(model)  # tensors held as plain attributes, if any are lazy
+
+
+def check_same_program(model: nn.Module) -> None:
+    """Fail loudly if ranks would shard different models.
+
+    Lazy tensors: every rank must have recorded the same ops (names, checkpoint keys read) with
+    the same random positions. Real tensors: the bytes of a strided sample of each tensor, which
+    catches ranks built from different seeds or loaded from different files.
+    """
+    digest = hashlib.sha256()
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        digest.update(f"{name}{tuple(t.shape)}{t.dtype}{isinstance(t, LazyTensor)}".encode())
+        if isinstance(t, LazyTensor):
+            for node in t._lazy_storage.writers:
+                digest.update(node.label.encode())  # "read <key>" for checkpoint reads
+                if node.rng is not None and node.rng.start is not None:
+                    # Where each random op draws: ranks seeded differently disagree here.
+                    digest.update(node.rng.start.anchor.numpy().tobytes())
+                    digest.update(str(node.rng.start.draws).encode())
+        elif t.device.type != "meta" and t.numel():
+            digest.update(_checksum(t))
+    mine = digest.hexdigest()
+    every: list[str] = [""] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    if len(set(every)) != 1:
+        raise DormantError(
+            "ranks built the model differently, from different RNG states or from different "
+            "checkpoints, so their shards would not form one model: seed every rank the same "
+            "before building (dormant.launch(seed=...) or torch.manual_seed) and load the same "
+            "files on every rank"
+        )
+
+
+def _checksum(t: torch.Tensor) -> bytes:
+    # A strided sample of at most 4096 elements: values built from different seeds or files
+    # differ nearly everywhere, and reading all of a large model would cost a second or more.
+    flat = t.detach().reshape(-1)
+    sample = flat[:: max(1, flat.numel() // 4096)].contiguous().cpu()
+    return sample.view(torch.uint8).numpy().tobytes() if sample.numel() else b""
+
+
+def blocks(model: nn.Module, wrap: Callable[[nn.Module], bool] | None = None) -> list[nn.Module]:
+    """The repeated blocks to shard one by one, innermost first.
+
+    Candidates are transformers' ``_no_split_modules`` classes, otherwise the members of every
+    ``nn.ModuleList``. A candidate is kept only if no module outside it holds one of its
+    parameters: FSDP2 manages each parameter in one group, so a tied weight (BERT's word
+    embeddings and its prediction head) is left to the smallest kept module that holds every
+    use, in the end the root. Nested candidates (a UNet's down block and its resnets) are
+    returned children first, the order ``fully_shard`` needs. ``wrap`` adds the modules it
+    accepts to the candidates.
+    """
+    split: Any = getattr(model, "_no_split_modules", None)
+    named = list(model.named_modules())[1:]  # the root is sharded last, by the plugin
+    found: list[tuple[str, nn.Module]] = []
+    if split:
+        found = [(n, m) for n, m in named if type(m).__name__ in set(split)]
+    if not found:
+        lists = [m for _, m in named if isinstance(m, nn.ModuleList)]
+        members = {id(m) for lst in lists for m in lst}
+        found = [(n, m) for n, m in named if id(m) in members]
+    if wrap is not None:
+        chosen = {id(m) for _, m in found}
+        found += [(n, m) for n, m in named if id(m) not in chosen and wrap(m)]
+    holders: dict[int, list[str]] = {}
+    for prefix, mod in model.named_modules(remove_duplicate=False):
+        for p in mod._parameters.values():
+            if p is not None:
+                holders.setdefault(id(p), []).append(prefix)
+
+    def owns_its_parameters(name: str, block: nn.Module) -> bool:
+        return all(
+            h == name or h.startswith(f"{name}.")
+            for p in block.parameters()
+            for h in holders[id(p)]
+        )
+
+    kept = [(n, m) for n, m in found if owns_its_parameters(n, m)]
+    kept.sort(key=lambda item: item[0].count("."), reverse=True)
+    return [m for _, m in kept]

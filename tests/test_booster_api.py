@@ -1,0 +1,220 @@
+"""Scripts written for the Booster API dormant follows run with only their imports changed.
+
+Each scenario is the body of such a script (the plugin arguments, ``booster.backward``,
+``optimizer.clip_grad_by_norm`` / ``get_grad_norm``, the checkpoint calls with their keyword
+arguments, ``plugin.prepare_dataloader``), on real 2-rank gloo runs over lazily built models.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+from helpers import run_ranks
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+from dormant import LazyInitContext, is_lazy
+from dormant.booster import Booster
+from dormant.booster.plugin import (
+    GeminiPlugin,
+    HybridParallelPlugin,
+    LowLevelZeroPlugin,
+    TorchDDPPlugin,
+    TorchFSDPPlugin,
+)
+
+pytest.importorskip("transformers")
+SEED = 2024
+
+# The plugin arguments of the peer's own plugin tests, spelled as there.
+PLUGINS: dict[str, Callable[[], Any]] = {
+    "low_level_zero": lambda: LowLevelZeroPlugin(stage=2, max_norm=1.0, initial_scale=2**5),
+    "low_level_zero_stage1": lambda: LowLevelZeroPlugin(max_norm=1.0, initial_scale=2**5),
+    "gemini": lambda: GeminiPlugin(max_norm=1.0, initial_scale=2**5),
+    "torch_fsdp": TorchFSDPPlugin,
+    "torch_ddp": TorchDDPPlugin,
+    "hybrid": lambda: HybridParallelPlugin(tp_size=2, pp_size=1, precision="bf16", max_norm=1.0),
+}
+
+CLIPPING = {"low_level_zero", "low_level_zero_stage1", "gemini", "hybrid"}  # max_norm=1.0
+
+
+def models() -> dict[str, Callable[[], nn.Module]]:
+    from transformers import (
+        BertConfig,
+        BertForSequenceClassification,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
+
+    return {
+        "gpt2": lambda: GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2,
+                                                   vocab_size=64, n_positions=16)),
+        "bert": lambda: BertForSequenceClassification(BertConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48,
+            vocab_size=64, max_position_embeddings=16)),
+        "llama": lambda: LlamaForCausalLM(LlamaConfig(
+            hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
+            num_key_value_heads=2, vocab_size=64)),
+    }  # fmt: skip
+
+
+def loss_of(name: str, model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    if name == "bert":
+        return model(input_ids=ids, labels=torch.zeros(ids.shape[0], dtype=torch.long)).loss
+    return model(input_ids=ids, labels=ids).loss
+
+
+def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    module = model.module if hasattr(model, "module") else model
+    options = StateDictOptions(full_state_dict=True)
+    return {k: v.detach().clone() for k, v in get_model_state_dict(module, options=options).items()}
+
+
+def scenario_peer_plugin_tests() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    ids = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(3))
+    for plugin_name, make in PLUGINS.items():
+        for model_name, ctor in models().items():
+            torch.manual_seed(SEED)
+            with LazyInitContext():
+                model = ctor()
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+            booster = Booster(plugin=make())
+            model, optimizer, *_ = booster.boost(model, optimizer)
+            before = full_state(model)
+            loss = loss_of(model_name, model, ids)
+            booster.backward(loss, optimizer)
+            norm = optimizer.clip_grad_by_norm(1.0)  # as the peer's tests call it
+            optimizer.step()
+            after = full_state(model)
+            out[f"{plugin_name}/{model_name}"] = {
+                "loss": float(loss),
+                "norm": float(norm),
+                "grad_norm": optimizer.get_grad_norm(),
+                "stepped": sum(not torch.equal(before[k], after[k]) for k in before),
+                "lazy_left": is_lazy(model),
+            }
+            del model, optimizer
+    return out
+
+
+@pytest.fixture(scope="module")
+def peer_results(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    return run_ranks(scenario_peer_plugin_tests, tmp_path_factory.mktemp("peer"))
+
+
+@pytest.mark.parametrize("model", ["gpt2", "bert", "llama"])
+@pytest.mark.parametrize("plugin", list(PLUGINS))
+def test_peer_plugin_test_bodies_pass(
+    peer_results: list[dict[str, Any]], plugin: str, model: str
+) -> None:
+    for rank, results in enumerate(peer_results):
+        r = results[f"{plugin}/{model}"]
+        assert math.isfinite(r["loss"]) and math.isfinite(r["norm"]), (rank, r)
+        # the norm the last clipping saw: step()'s own with max_norm, after the user's
+        # clip_grad_by_norm(1.0) had clipped to 1; otherwise the user's call, before clipping
+        seen = 1.0 if plugin in CLIPPING else r["norm"]
+        assert r["norm"] > 1.0 and r["grad_norm"] == pytest.approx(seen, rel=1e-4), (rank, r)
+        assert r["stepped"] > 0, f"rank {rank}: optimizer.step() changed no parameter"
+        assert not r["lazy_left"]
+    # every rank sees the same loss and norm (one model, one batch)
+    assert peer_results[0][f"{plugin}/{model}"] == peer_results[1][f"{plugin}/{model}"]
+
+
+def scenario_checkpoint_layouts() -> dict[str, Any]:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tmp = os.environ["DORMANT_TEST_TMP"]
+    config = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, vocab_size=512)  # fmt: skip
+
+    def ctor() -> nn.Module:  # 6 MB: several shards of size_per_shard=1 (MB)
+        return LlamaForCausalLM(config)
+
+    ids = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(3))
+    out: dict[str, Any] = {}
+    layouts: dict[str, dict[str, Any]] = {
+        "file": {},
+        "safetensors_file": {"use_safetensors": True},
+        "folder": {"shard": True, "size_per_shard": 1},
+        "safetensors_folder": {"shard": True, "use_safetensors": True, "size_per_shard": 1},
+        "dcp": {"shard": True, "gather_dtensor": False},
+    }
+    for layout, kwargs in layouts.items():
+        plugin = GeminiPlugin(precision="fp32")
+        booster = Booster(plugin=plugin)
+        torch.manual_seed(SEED)
+        with LazyInitContext():
+            model = ctor()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+        model, optimizer, _, _, scheduler = booster.boost(model, optimizer, lr_scheduler=scheduler)
+        booster.backward(loss_of("llama", model, ids), optimizer)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        path = f"{tmp}/{layout}" + (".safetensors" if layout == "safetensors_file" else "")
+        booster.save_model(model, path, **kwargs)
+        booster.save_optimizer(optimizer, f"{tmp}/{layout}-optim", shard=layout == "dcp")
+        booster.save_lr_scheduler(scheduler, f"{tmp}/{layout}-sched.pt")
+        torch.manual_seed(SEED + 1)
+        with LazyInitContext():
+            other = ctor()
+        other_opt = torch.optim.AdamW(other.parameters(), lr=1e-3)
+        other_sched = torch.optim.lr_scheduler.StepLR(other_opt, step_size=1, gamma=0.5)
+        other, other_opt, _, _, other_sched = Booster(plugin=GeminiPlugin(precision="fp32")).boost(
+            other, other_opt, lr_scheduler=other_sched
+        )
+        booster.load_model(other, path)
+        booster.load_optimizer(other_opt, f"{tmp}/{layout}-optim")
+        booster.load_lr_scheduler(other_sched, f"{tmp}/{layout}-sched.pt")
+        mine, theirs = full_state(model), full_state(other)
+        next_losses = []
+        for m, o in ((model, optimizer), (other, other_opt)):
+            loss = loss_of("llama", m, ids)
+            booster.backward(loss, o)
+            o.step()
+            next_losses.append(float(loss_of("llama", m, ids)))
+        out[layout] = {
+            "model_equal": all(torch.equal(mine[k], theirs[k]) for k in mine),
+            "lr": [other_sched.get_last_lr(), scheduler.get_last_lr()],
+            "next_equal": next_losses[0] == next_losses[1],
+            "files": sorted(os.listdir(path)) if os.path.isdir(path) else [],
+        }
+    return out
+
+
+def test_checkpoint_layouts_of_the_peer_api_round_trip(tmp_path: Path) -> None:
+    for results in run_ranks(scenario_checkpoint_layouts, tmp_path):
+        for layout, r in results.items():
+            assert r["model_equal"], layout
+            assert r["lr"][0] == r["lr"][1], layout
+            assert r["next_equal"], f"{layout}: optimizer state did not round-trip"
+        assert "model.safetensors.index.json" in results["safetensors_folder"]["files"]
+        assert len(results["safetensors_folder"]["files"]) > 2  # several 1 MB shards
+        assert "pytorch_model.bin.index.json" in results["folder"]["files"]
+        assert ".metadata" in results["dcp"]["files"]
+
+
+def scenario_dataloader() -> dict[str, Any]:
+    plugin = LowLevelZeroPlugin()
+    data = torch.utils.data.TensorDataset(torch.arange(20))
+    loader = plugin.prepare_dataloader(data, batch_size=4, shuffle=True, seed=7)
+    seen = [int(x) for (batch,) in loader for x in batch]
+    return {"seen": seen, "world": dist.get_world_size()}
+
+
+def test_prepare_dataloader_splits_the_dataset(tmp_path: Path) -> None:
+    rank0, rank1 = run_ranks(scenario_dataloader, tmp_path)
+    assert sorted(rank0["seen"] + rank1["seen"]) == list(range(20))
+    assert len(rank0["seen"]) == len(rank1["seen"]) == 10
