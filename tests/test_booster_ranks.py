@@ -563,3 +563,70 @@ def test_checkpoint_shards_read_only_the_rank_slices(tmp_path: Path) -> None:
             # measured. Reading each tensor whole and slicing it measured 0.8x and more; reading
             # a shard's window into a transient, then copying it into the shard, 0.64x.
             assert share <= 1 / r["world"] + 0.08, f"{fmt}: anonymous peak {share:.2f}x the model"
+
+
+class OddShapes(nn.Module):
+    """A channels_last conv and a 0-dim parameter: FSDP2 shards neither as they are."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 8, 3)
+        self.scale = nn.Parameter(torch.tensor(1.5))
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(x).mean((2, 3)) * self.scale)
+
+
+def scenario_odd_models() -> dict[str, Any]:
+    from torch.distributed.tensor.parallel import ColwiseParallel
+
+    x = torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(5))
+    torch.manual_seed(SEED)
+    eager = OddShapes().to(memory_format=torch.channels_last)
+    built = {k: v.clone() for k, v in eager.state_dict().items()}
+    eager_opt = torch.optim.SGD(eager.parameters(), lr=0.1)
+    eager(x).square().sum().backward()
+    eager_opt.step()
+    out: dict[str, Any] = {}
+    for name in ("fsdp", "gemini", "zero2"):
+        torch.manual_seed(SEED)
+        model = OddShapes().to(memory_format=torch.channels_last)  # real, as users have
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        model, opt, *_ = Booster(plugin=PLUGINS[name]()).boost(model, opt)
+        state = full_state(model)
+        not_equal = sorted(k for k, v in built.items() if not torch.equal(v, state[k]))
+        model(x).square().sum().backward()  # the same batch on both ranks: grads as eager's
+        opt.step()
+        state = full_state(model)
+        # (the boosted conv weight is contiguous: its kernel may round differently)
+        far = sorted(k for k, v in eager.state_dict().items() if not torch.allclose(v, state[k]))
+        out[name] = {"not_equal": not_equal, "trained_far": far, "scale": float(state["scale"])}
+    # A sharding that fails half-way leaves the model as it was, weights and all.
+    torch.manual_seed(SEED)
+    model = OddShapes()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    y = model(x)
+    plugin = HybridParallelPlugin(tp_size=2, precision="fp32", tp_plan={"conv": ColwiseParallel()})
+    try:
+        Booster(plugin=plugin).boost(model)
+        out["failure"] = "no error"
+    except DormantError as e:
+        out["failure"] = str(e)
+    out["restored"] = all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    out["same_class"] = type(model) is OddShapes and type(model.conv) is nn.Conv2d
+    out["same_output"] = torch.equal(model(x), y)
+    model, *_ = Booster(plugin=PLUGINS["fsdp"]()).boost(model)  # and it can be boosted again
+    out["boosted_after"] = torch.equal(full_state(model)["conv.weight"], before["conv.weight"])
+    return out
+
+
+def test_odd_models_boost_and_a_failed_boost_leaves_the_model_as_it_was(tmp_path: Path) -> None:
+    for r in run_ranks(scenario_odd_models, tmp_path):
+        for name in ("fsdp", "gemini", "zero2"):
+            assert r[name]["not_equal"] == [], f"{name}: boosted values are not eager's"
+            assert r[name]["trained_far"] == [], f"{name}: one step is not eager's"
+            assert r[name]["scale"] != 1.5  # the 0-dim parameter trained
+        assert "boost() failed while sharding OddShapes: NotImplementedError" in r["failure"]
+        assert "The model is as it was before boost()" in r["failure"]
+        assert r["restored"] and r["same_class"] and r["same_output"] and r["boosted_after"]

@@ -181,7 +181,8 @@ def to_meta(module: nn.Module) -> dict[str, torch.Tensor]:
                 sources[dot + name] = t
                 meta = replaced.get(id(t))
                 if meta is None:
-                    meta = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
+                    # contiguous: FSDP2 shards contiguous parameters only (a channels_last conv)
+                    meta = torch.empty(t.shape, dtype=t.dtype, device="meta")
                     if isinstance(t, nn.Parameter):
                         meta = nn.Parameter(meta, requires_grad=t.requires_grad)
                     replaced[id(t)] = meta

@@ -105,15 +105,65 @@ def shard(model: nn.Module, sharding: Sharding) -> nn.Module:
         dp_mesh = init_device_mesh(device_type(), shape, mesh_dim_names=("replicate", "shard"))
     else:
         dp_mesh = init_device_mesh(device_type(), (world,))
-    with sharded_in_place(model, device):
+    # FSDP2 cannot shard a 0-dim parameter: it stays whole on every rank, its gradient averaged
+    scalars = [name for name, p in model.named_parameters() if p.dim() == 0]
+    with as_it_was_on_failure(model), sharded_in_place(model, device):
         if tp_mesh is not None:
             parallelize_module(model, tp_mesh, plan)
         # FSDP2 also over a data-parallel dimension of 1: it applies the precision policy
         kwargs = sharding.fsdp_kwargs(dp_mesh)
+        if scalars:
+            kwargs["ignored_params"] = {model.get_parameter(name) for name in scalars}
         for block in blocks(model, sharding.wrap):
             fully_shard(block, **kwargs)
         fully_shard(model, **kwargs)
+    for name in scalars:
+        model.get_parameter(name).register_post_accumulate_grad_hook(_averaged_over(dp_mesh))
     return model
+
+
+def _averaged_over(mesh: DeviceMesh) -> Callable[[torch.Tensor], None]:
+    def average(param: torch.Tensor) -> None:
+        assert param.grad is not None
+        for dim in range(mesh.ndim):
+            dist.all_reduce(param.grad, group=mesh.get_group(dim))
+        param.grad.div_(mesh.size())
+
+    return average
+
+
+@contextlib.contextmanager
+def as_it_was_on_failure(model: nn.Module) -> Iterator[None]:
+    """If the block raises, put every module back as it was (class, attributes, parameters,
+    buffers, hooks: what the engines change), and raise a :class:`DormantError` saying so.
+
+    The engines change modules in place (FSDP2 swaps the class and adds hooks and state), so a
+    failure half-way would otherwise leave a model whose weights are meta tensors.
+    """
+    saved = [
+        (
+            m,
+            m.__class__,
+            dict(m.__dict__),
+            {k: dict(v) for k, v in vars(m).items() if isinstance(v, dict)},
+        )
+        for m in model.modules()
+    ]
+    try:
+        yield
+    except Exception as e:
+        for module, cls, attrs, tables in saved:
+            module.__class__ = cls
+            for key in set(vars(module)) - set(attrs):
+                del module.__dict__[key]
+            module.__dict__.update(attrs)
+            for key, table in tables.items():
+                attrs[key].clear()
+                attrs[key].update(table)
+        raise DormantError(
+            f"boost() failed while sharding {type(model).__name__}: {type(e).__name__}: {e}. "
+            "The model is as it was before boost(): its tensors, classes and hooks are restored"
+        ) from e
 
 
 @contextlib.contextmanager
