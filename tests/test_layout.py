@@ -44,3 +44,9 @@ def test_no_private_name_is_imported_across_modules() -> None:
                     if alias.name.startswith("_") and node.module is not None
                 ]
     assert found == []
+
+
+def test_readme_picture_is_the_import_graph() -> None:
+    readme = (ROOT / "README.md").read_text()
+    drawn = readme.split("<!-- import-picture -->\n```\n", 1)[1].split("\n```", 1)[0]
+    assert drawn == import_graph.picture(), "run: python tools/import_graph.py --picture"

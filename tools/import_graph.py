@@ -65,7 +65,71 @@ def cycle(edges: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+# What each module is for, one line each: the README's picture prints it beside the imports.
+ROLES = {
+    "booster": "Booster and plugins (DDP, FSDP2, DTensor TP)",
+    "cli": "the dormant command",
+    "launch": "launch(): the process group",
+    "checkpoint": "lazy reads from checkpoint files",
+    "_materialize": "materialize(), is_lazy()",
+    "_report": "what materialize did",
+    "_context": "LazyInitContext",
+    "_record": "recording: the dispatch mode, early values",
+    "_placement": "where values go: in place, local shards",
+    "_slices": "a shard's part of a recorded program",
+    "_lazy_tensor": "the LazyTensor subclass",
+    "_replay": "runs a plan, threads, private generators",
+    "_plan": "which nodes a value needs",
+    "_rng": "positions on random streams",
+    "_draws": "draw counts of random ops",
+    "_flat": "flat arguments of a call",
+    "_graph": "storages, nodes, versions",
+    "_mapped": "which file mapped bytes come from",
+    "_mt19937": "generator jumps",
+    "_session": "who records, where, which RNG mode",
+    "errors": "the exceptions",
+}
+
+
+def _short(name: str) -> str:
+    """``dormant.booster.plugin.base`` -> ``booster``; ``dormant._graph`` -> ``_graph``."""
+    return name.split(".")[1] if "." in name else name
+
+
+def picture() -> str:
+    """The package as layers: each module imports only modules of the lines below it.
+
+    Subpackages are drawn as one box (``booster``); the package ``__init__`` is left out.
+    """
+    deps: dict[str, set[str]] = {}
+    for name, targets in graph().items():
+        if name == "dormant":
+            continue
+        short = _short(name)
+        deps.setdefault(short, set()).update(
+            t for t in map(_short, targets) if t not in (short, "dormant")
+        )
+    depth: dict[str, int] = {}
+
+    def level(n: str) -> int:
+        if n not in depth:
+            depth[n] = 0  # (no cycle: checked by cycle())
+            depth[n] = 1 + max((level(m) for m in deps[n]), default=-1)
+        return depth[n]
+
+    rows = sorted(deps, key=lambda n: (-level(n), n))
+    width = max(len(n) for n in rows)
+    lines = []
+    for n in rows:
+        uses = ", ".join(sorted(deps[n], key=lambda m: (-level(m), m))) or "-"
+        lines.append(f"{n:<{width}}  {ROLES.get(n, ''):<45}  imports {uses}")
+    return "\n".join(line.rstrip() for line in lines)
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--picture"]:
+        print(picture())
+        sys.exit(0)
     edges = graph()
     for name in sorted(edges):
         print(f"{name} <- {', '.join(sorted(edges[name])) or '-'}")
