@@ -2,9 +2,9 @@
 
 [Note: flat arguments]
 A recorded node keeps its arguments as pytree leaves and a ``TreeSpec`` (``Node.flat_args``,
-``Node.spec``; replay unflattens them). ``torch.utils._pytree`` walks the tree in Python, about
-8 us a call, and recording used to flatten each op several times: that was most of its cost.
-But the dispatcher hands ``__torch_dispatch__`` flat argument lists: each argument is a leaf (a
+``Node.spec``; replay unflattens them). ``torch.utils._pytree`` walks the tree in Python, which
+costs more than the rest of recording an op, so each call is flattened once, and cheaply.
+The dispatcher hands ``__torch_dispatch__`` flat argument lists: each argument is a leaf (a
 tensor, a number, a dtype, None...) or a list of leaves (``int[]``, ``Tensor[]``). The leaves and
 the spec of such a call follow from its *structure* alone: which arguments are lists and how
 long, and the names of the keyword arguments. :func:`flatten` walks that one level, builds the

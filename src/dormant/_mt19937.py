@@ -39,9 +39,8 @@ CHARPOLY = (
     17725, 17783, 17841, 17952, 18068, 18179, 18237, 18406, 18633, 18691, 18860, 19087, 19314,
     19937,
 )  # fmt: skip
-# Below this many draws, drawing is faster than jumping: numpy draws about 2.3 ns a word here,
-# a jump costs about 1.1 ms to a distance met before, 2.3 ms to a new one, and twice that
-# when another process shares the cache (benchmarks/jump_cost.py).
+# Below this many draws, drawing is faster than jumping: a draw costs nanoseconds a word, a
+# jump milliseconds (more to a distance not met before; figures: benchmarks/jump_cost.py).
 DRAW_BELOW = 1 << 20
 
 
@@ -154,8 +153,8 @@ def _block_ahead(words: np.ndarray, j: int) -> np.ndarray:
     taps = np.flatnonzero(np.unpackbits(raw, bitorder="little")[:DEGREE])
     windows = sliding_window_view(_blocks(words, DEGREE // N + 2)[1:], N)
     out = np.zeros(N, np.uint32)
-    # 256 windows at a time: a 640 KB temporary that stays in cache. With 2048 (5 MB) the first
-    # jump of a process took 5-8 ms instead of ~2.5: each chunk a fresh mmap, page faults too.
+    # 256 windows at a time: a 640 KB temporary that stays in cache; a larger one is a fresh
+    # mmap per chunk, whose page faults cost more than the work.
     for start in range(0, len(taps), 256):
         out ^= np.bitwise_xor.reduce(windows[taps[start : start + 256]], axis=0)
     return out

@@ -196,13 +196,11 @@ def run_for_draws(step: _rng.RngStep) -> torch.Tensor:
 # Each replay thread runs ops with the caller's intra-op thread count (``torch.set_num_threads``
 # is per thread with OpenMP, and a new thread starts from the machine's default), not with one:
 # ops such as QR (``orthogonal_``) or sums split their work, hence their rounding, by that count,
-# so eager's values need eager's count (one thread per replay thread changed RWKV's
-# ``orthogonal_`` head). The random kernels are single-threaded: they are what runs in parallel,
-# so ``threads`` defaults to ``torch.get_num_threads()`` (the cores eager may use). Measured on 2
-# busy cores (``benchmarks/parallel.py``): same CPU time as one thread, within 5%, and less wall
-# time whenever the second core is free (220M Llama: materialize 1.5 s instead of 2.3 s).
-# Everything else (CUDA storages or generators, a plan too small to pay for threads) runs on the
-# calling thread, as before.
+# so eager's values need eager's count. The random kernels are single-threaded: they are what
+# runs in parallel, so ``threads`` defaults to ``torch.get_num_threads()`` (the cores eager may
+# use); the CPU time stays that of one thread and the wall time falls when a core is free
+# (figures: ``benchmarks/parallel.py``, docs/benchmarks.md). Everything else (CUDA storages or
+# generators, a plan too small to pay for threads) runs on the calling thread.
 
 # Work worth a batch of its own, in bytes written: a jump to place a generator (1-4 ms) costs
 # about what writing this many random bytes does.
