@@ -61,6 +61,11 @@ _CONSTANT_FACTORIES: dict[Any, Callable[[list[Any]], Any]] = {
     aten.ones_like.default: lambda args: 1,
     aten.full.default: lambda args: args[1],
     aten.full_like.default: lambda args: args[1],
+    # (``new_zeros``: FSDP2's padded shard of a parameter, before its rows are copied in)
+    aten.new_empty.default: lambda args: None,
+    aten.new_zeros.default: lambda args: 0,
+    aten.new_ones.default: lambda args: 1,
+    aten.new_full.default: lambda args: args[2],
 }
 # Ops that are elementwise although torch does not tag them ``pointwise``.
 _ELEMENTWISE = {

@@ -1,0 +1,218 @@
+"""materialize after the user's own sharding code, on real 2-rank gloo runs under torchrun.
+
+The user builds the model in ``LazyInitContext``, shards it with their own code (FSDP2's
+``fully_shard``, DTensor's ``parallelize_module``, a pipeline split), and calls
+``dormant.materialize(model)`` where they would call ``to_empty`` and ``init_weights``. torchtitan
+is not installed here: ``parallelize_llama`` below follows its recipe (``fully_shard`` per block,
+then the root; tensor parallelism with ``ColwiseParallel`` / ``RowwiseParallel`` plans).
+
+Each ``scenario_*`` function runs on every rank (through ``distributed/run.py``) and returns what
+it found; the tests right after it launch it and check the findings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    RowwiseParallel,
+    parallelize_module,
+)
+
+import dormant
+from dormant import LazyInitContext, is_lazy
+
+pytest.importorskip("transformers")
+TESTS = Path(__file__).resolve().parent
+RUNNER = TESTS / "distributed" / "run.py"
+SEED = 1234  # every rank's seed (the runner calls dormant.launch(seed=SEED))
+
+
+def run_ranks(
+    scenario: Callable[[], dict[str, Any]], tmp_path: Path, nproc: int = 2
+) -> list[dict[str, Any]]:
+    """Run ``scenario`` (a function of this module) on ``nproc`` gloo ranks under torchrun; each
+    rank's result comes back as JSON. Fail with every rank's output if one fails."""
+    env = {**os.environ, "DORMANT_TEST_TMP": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        "--nproc_per_node", str(nproc), str(RUNNER),
+        Path(__file__).stem, scenario.__name__, str(tmp_path),
+    ]  # fmt: skip
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"{scenario.__name__}: ranks hung for {e.timeout} s\n{e.stderr}")
+    if proc.returncode != 0:
+        pytest.fail(
+            f"{scenario.__name__}: a rank failed (exit {proc.returncode})\n{proc.stderr[-8000:]}"
+        )
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(nproc)]
+
+
+def llama(layers: int = 2) -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return LlamaForCausalLM(config)
+
+
+# torchtitan's tensor-parallel plan for a Llama block, in transformers' module names.
+BLOCK_PLAN = {
+    "self_attn.q_proj": ColwiseParallel(),
+    "self_attn.k_proj": ColwiseParallel(),
+    "self_attn.v_proj": ColwiseParallel(),
+    "self_attn.o_proj": RowwiseParallel(),
+    "mlp.gate_proj": ColwiseParallel(),
+    "mlp.up_proj": ColwiseParallel(),
+    "mlp.down_proj": RowwiseParallel(),
+}
+
+
+def parallelize_llama(model: nn.Module, mesh: DeviceMesh, *, tp: bool, dp: bool) -> None:
+    """torchtitan's recipe, on transformers' Llama: tensor parallelism on ``mesh["tp"]``, then
+    ``fully_shard`` per block and the root on ``mesh["dp"]``."""
+    if tp:
+        for block in model.model.layers:
+            parallelize_module(block, mesh["tp"], BLOCK_PLAN)
+    if dp:
+        for block in model.model.layers:
+            fully_shard(block, mesh=mesh["dp"])
+        fully_shard(model, mesh=mesh["dp"])
+
+
+class Eager:
+    """The single-process eager build from ``SEED``: its values and where it leaves the RNG."""
+
+    def __init__(self, ctor: Callable[[], nn.Module]) -> None:
+        torch.manual_seed(SEED)
+        model = ctor()
+        self.rng = torch.get_rng_state()
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def not_equal(self, model: nn.Module) -> list[str]:
+        """Names whose gathered full values differ from eager's (or are missing)."""
+        options = StateDictOptions(full_state_dict=True, cpu_offload=False)
+        state = get_model_state_dict(model, options=options)
+        return sorted(
+            k for k, v in self.state.items() if k not in state or not torch.equal(v, state[k])
+        )
+
+
+def lazy(ctor: Callable[[], nn.Module]) -> nn.Module:
+    torch.manual_seed(SEED)
+    with LazyInitContext():
+        return ctor()
+
+
+def materialized(model: nn.Module, eager: Eager) -> dict[str, Any]:
+    """materialize ``model`` and say what came out: exactness, RNG, laziness, shard-only work."""
+    before = is_lazy(model)
+    rng = torch.get_rng_state()
+    report = dormant.materialize(model, report=True)
+    local = sum(
+        p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in model.parameters()
+    )
+    return {
+        "lazy_before": before,
+        "lazy_after": is_lazy(model),
+        "not_equal": eager.not_equal(model),
+        "rng_untouched": torch.equal(rng, torch.get_rng_state()),
+        "rng_as_eager": torch.equal(rng, eager.rng),
+        "shard_elements": report.shard_elements,
+        "whole": [w.name for w in report.whole],
+        "local_params": local,
+        "dtensors": sum(isinstance(p, DTensor) for p in model.parameters()),
+    }
+
+
+def scenario_fsdp() -> dict[str, Any]:
+    eager = Eager(llama)
+    model = lazy(llama)
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),), mesh_dim_names=("dp",))
+    parallelize_llama(model, mesh, tp=False, dp=True)
+    found = materialized(model, eager)
+    ids = torch.arange(12).reshape(2, 6) % 128
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    found["trains"] = bool(torch.isfinite(loss))
+    return found
+
+
+def test_fully_shard_then_materialize_is_exact_and_shard_only(tmp_path: Path) -> None:
+    for found in run_ranks(scenario_fsdp, tmp_path):
+        assert found["lazy_before"] and not found["lazy_after"]
+        assert found["not_equal"] == []
+        assert found["rng_untouched"] and found["rng_as_eager"]
+        assert found["dtensors"] > 0 and found["trains"]
+        assert found["whole"] == []
+        assert found["shard_elements"] >= found["local_params"]
+
+
+class Table(nn.Module):
+    """Parameters to distribute by hand, one per layout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows = nn.Parameter(torch.randn(37, 24))  # Shard(0), uneven
+        self.cols = nn.Parameter(torch.empty(24, 40).uniform_(-1, 1))  # Shard(1)
+        self.rep = nn.Parameter(torch.randn(16, 16))  # Replicate
+        self.register_buffer("steps", torch.arange(10, dtype=torch.float32) * 0.5)
+
+
+def scenario_tensor_parallel() -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    world = dist.get_world_size()
+    mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("tp",))
+    # parallelize_module with torchtitan's plan on every block
+    eager = Eager(llama)
+    model = lazy(llama)
+    for block in model.model.layers:
+        parallelize_module(block, mesh, BLOCK_PLAN)
+    results["parallelize_module"] = materialized(model, eager)
+    # distribute_tensor on each dimension, and Replicate
+    eager = Eager(Table)
+    table = lazy(Table)
+    layouts = {"rows": [Shard(0)], "cols": [Shard(1)], "rep": [Replicate()]}
+    for name, placements in layouts.items():
+        param = getattr(table, name)
+        table.register_parameter(name, nn.Parameter(distribute_tensor(param, mesh, placements)))
+    results["distribute_tensor"] = materialized(table, eager)
+    return results
+
+
+def test_tensor_parallel_then_materialize_is_exact(tmp_path: Path) -> None:
+    for found in run_ranks(scenario_tensor_parallel, tmp_path):
+        for layout, result in found.items():
+            assert result["lazy_before"] and not result["lazy_after"], layout
+            assert result["not_equal"] == [], layout
+            assert result["rng_untouched"] and result["rng_as_eager"], layout
+            assert result["dtensors"] > 0, layout
+        print(found)
