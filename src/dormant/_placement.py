@@ -400,10 +400,12 @@ def compute_local(
         if id(storage) in values or id(storage) in whole:
             continue
         n = storage.nbytes // t.element_size()
+        step = max(1, CHUNK_BYTES // t.element_size())  # bounds what a strided read spans
         try:
             with torch.no_grad():
                 out = torch.empty(n, dtype=t.dtype, device=storage.device)
-                window.values(storage, t.dtype, 0, n, out)
+                for lo in range(0, n, step):
+                    window.values(storage, t.dtype, lo, min(n, lo + step), out[lo : lo + step])
         except Unsliceable as e:
             whole[id(storage)] = storage
             report.append(WholeTensor(name, storage.nbytes, str(e)))

@@ -206,10 +206,34 @@ class Window:
         if meta.dim() == 0:
             offset = int(meta.storage_offset())
             return self._at_version(s, ref.version, meta.dtype, offset, offset + 1).reshape(())
-        if meta.numel() != n or not meta.is_contiguous():
-            raise Unsliceable(f"{node.label} reads a broadcast or strided tensor")
+        if meta.numel() != n:
+            raise Unsliceable(f"{node.label} reads a broadcast tensor")
         offset = int(meta.storage_offset())
+        if not meta.is_contiguous():
+            return self._read_strided(s, ref.version, meta, a, b, out)
         return self._at_version(s, ref.version, meta.dtype, offset + a, offset + b, out)
+
+    def _read_strided(
+        self,
+        s: LazyStorage,
+        version: int,
+        meta: torch.Tensor,
+        a: int,
+        b: int,
+        out: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Elements ``[a, b)`` (in row-major order) of a strided view of ``s``: the window of
+        the storage they span, then gathered. A column slice of a weight (tensor parallelism's
+        row-wise layout, copied contiguous) spans whole rows: those rows alone are computed."""
+        positions = torch.full((b - a,), int(meta.storage_offset()), dtype=torch.int64)
+        rest = torch.arange(a, b, dtype=torch.int64)
+        for size, stride in zip(reversed(meta.shape), reversed(meta.stride()), strict=True):
+            positions += (rest % size) * stride
+            rest //= size
+        lo, hi = int(positions.min()), int(positions.max()) + 1
+        span = self._at_version(s, version, meta.dtype, lo, hi)
+        values = span[positions - lo]
+        return values if out is None else out.copy_(values)
 
     def _elementwise(
         self, node: Node, written: TensorRef | None, out: torch.Tensor, a: int, b: int, n: int

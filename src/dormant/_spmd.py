@@ -22,6 +22,7 @@ from types import FrameType
 from typing import Any
 
 import torch
+from torch import nn
 
 from ._lazy_tensor import LazyTensor
 from .errors import DormantError
@@ -74,15 +75,28 @@ def sample_bytes(t: torch.Tensor) -> bytes:
     return sample.view(torch.uint8).numpy().tobytes() if sample.numel() else b""
 
 
-def check_same_program(tensors: Iterable[torch.Tensor], group: Any = None) -> None:
+def check_same_program(model: nn.Module | Iterable[torch.Tensor], group: Any = None) -> None:
     """Raise :class:`DormantError` on every rank of ``group`` (default: all ranks) unless they
-    all hold the same program for ``tensors`` (see :func:`program_digest`).
+    all built the same ``model`` (or ``tensors``): the same recorded program from the same RNG
+    state and checkpoint keys for lazy tensors, the same sampled bytes for real ones.
 
-    A collective: every rank of ``group`` calls it, with its own tensors in the same order.
+    A collective: every rank of ``group`` calls it. Call it on the model before sharding it
+    with FSDP2's ``fully_shard``, which does not communicate; DTensor's ``distribute_tensor``
+    (``parallelize_module``) runs this check itself in place of its scatter and broadcast.
+
+    Example::
+
+        >>> with LazyInitContext():  # doctest: +SKIP
+        ...     model = build_model()
+        >>> dormant.check_same_program(model)  # doctest: +SKIP
     """
     import torch.distributed as dist
 
-    mine = program_digest(tensors)
+    if isinstance(model, nn.Module):
+        named = [*model.named_parameters(), *model.named_buffers()]
+        mine = program_digest(t for _, t in named) + "".join(name for name, _ in named)
+    else:
+        mine = program_digest(model)
     every: list[Any] = [None] * dist.get_world_size(group)
     dist.all_gather_object(every, mine, group=group)
     if len(set(every)) != 1:
