@@ -26,6 +26,7 @@ installed torch (:func:`random_rule`); an op, dtype or layout without a rule rai
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -223,16 +224,23 @@ class Window:
         out: torch.Tensor | None,
     ) -> torch.Tensor:
         """Elements ``[a, b)`` (in row-major order) of a strided view of ``s``: the window of
-        the storage they span, then gathered. A column slice of a weight (tensor parallelism's
-        row-wise layout, copied contiguous) spans whole rows: those rows alone are computed."""
-        positions = torch.full((b - a,), int(meta.storage_offset()), dtype=torch.int64)
-        rest = torch.arange(a, b, dtype=torch.int64)
-        for size, stride in zip(reversed(meta.shape), reversed(meta.stride()), strict=True):
-            positions += (rest % size) * stride
-            rest //= size
-        lo, hi = int(positions.min()), int(positions.max()) + 1
-        span = self._at_version(s, version, meta.dtype, lo, hi)
-        values = span[positions - lo]
+        storage that the view's rows holding them span, seen through the view's strides. A
+        column slice of a weight (tensor parallelism's row-wise layout, copied contiguous) spans
+        whole rows: those rows alone are computed."""
+        if a >= b:
+            return out if out is not None else torch.empty(0, dtype=meta.dtype, device=s.device)
+        shape, strides = tuple(meta.shape), tuple(meta.stride())
+        if min(strides) < 0:
+            raise Unsliceable("a view with a negative stride")
+        inner = math.prod(shape[1:])
+        first, end = a // inner, (b - 1) // inner + 1  # the view's rows that hold [a, b)
+        lo = int(meta.storage_offset()) + first * strides[0]
+        extent = sum((n - 1) * st for n, st in zip(shape[1:], strides[1:], strict=True))
+        span = self._at_version(
+            s, version, meta.dtype, lo, lo + (end - 1 - first) * strides[0] + extent + 1
+        )
+        rows = span.as_strided((end - first, *shape[1:]), strides)
+        values = rows.reshape(-1)[a - first * inner : b - first * inner]
         return values if out is None else out.copy_(values)
 
     def _elementwise(
