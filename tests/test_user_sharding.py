@@ -323,3 +323,34 @@ def test_ranks_built_differently_get_a_clear_error_not_a_scatter(tmp_path: Path)
     for errors in run_ranks(scenario_ranks_disagree, tmp_path):
         for name, message in errors.items():
             assert "seed every rank the same" in message, name
+
+
+def scenario_accelerate() -> dict[str, Any]:
+    # accelerate's Accelerator enables its FSDP2 plugin on GPU-family devices only (on a CPU
+    # process group it stays DistributedType.MULTI_CPU and prepare() does not shard), so this
+    # calls what its prepare() runs for FSDP2, with the plugin an Accelerator would hold.
+    from types import SimpleNamespace
+
+    from accelerate import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2, cpu_ram_efficient_loading=False)
+    accelerator = SimpleNamespace(
+        state=SimpleNamespace(fsdp_plugin=plugin),
+        torch_device_mesh=None,
+        parallelism_config=None,
+        mixed_precision="no",
+        is_main_process=dist.get_rank() == 0,
+        device=torch.device("cpu"),
+    )
+    eager = Eager(llama)
+    model = fsdp2_prepare_model(accelerator, lazy(llama))
+    return materialized(model, eager)
+
+
+def test_accelerate_fsdp2_preparation_then_materialize_is_exact(tmp_path: Path) -> None:
+    pytest.importorskip("accelerate")
+    for found in run_ranks(scenario_accelerate, tmp_path):
+        assert found["lazy_before"] and not found["lazy_after"]
+        assert found["not_equal"] == [] and found["whole"] == []
+        assert found["rng_untouched"] and found["rng_as_eager"] and found["dtensors"] > 0
