@@ -12,6 +12,7 @@ it found; the tests right after it launch it and check the findings.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -27,7 +28,13 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
+from torch.distributed.tensor import (
+    DTensor,
+    Replicate,
+    Shard,
+    distribute_module,
+    distribute_tensor,
+)
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
     RowwiseParallel,
@@ -66,7 +73,7 @@ def run_ranks(
     return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(nproc)]
 
 
-def llama(layers: int = 2) -> nn.Module:
+def llama(layers: int = 2, tied: bool = False) -> nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -76,7 +83,7 @@ def llama(layers: int = 2) -> nn.Module:
         num_attention_heads=4,
         num_key_value_heads=2,
         vocab_size=128,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tied,
         pad_token_id=0,
         bos_token_id=1,
         eos_token_id=2,
@@ -155,20 +162,25 @@ def materialized(model: nn.Module, eager: Eager) -> dict[str, Any]:
 
 
 def scenario_fsdp() -> dict[str, Any]:
-    eager = Eager(llama)
-    model = lazy(llama)
+    results = {}
     mesh = init_device_mesh("cpu", (dist.get_world_size(),), mesh_dim_names=("dp",))
-    parallelize_llama(model, mesh, tp=False, dp=True)
-    found = materialized(model, eager)
-    ids = torch.arange(12).reshape(2, 6) % 128
-    loss = model(input_ids=ids, labels=ids).loss
-    loss.backward()
-    found["trains"] = bool(torch.isfinite(loss))
-    return found
+    for tied in (False, True):
+        ctor = functools.partial(llama, tied=tied)
+        eager = Eager(ctor)
+        model = lazy(ctor)
+        parallelize_llama(model, mesh, tp=False, dp=True)
+        found = materialized(model, eager)
+        found["still_tied"] = model.lm_head.weight is model.model.embed_tokens.weight
+        ids = torch.arange(12).reshape(2, 6) % 128
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        found["trains"] = bool(torch.isfinite(loss))
+        results[f"tied={tied}"] = found
+    return results
 
 
 def test_fully_shard_then_materialize_is_exact_and_shard_only(tmp_path: Path) -> None:
-    for found in run_ranks(scenario_fsdp, tmp_path):
+    for found in (f for rank in run_ranks(scenario_fsdp, tmp_path) for f in rank.values()):
         assert found["lazy_before"] and not found["lazy_after"]
         assert found["not_equal"] == []
         assert found["rng_untouched"] and found["rng_as_eager"]
@@ -176,6 +188,7 @@ def test_fully_shard_then_materialize_is_exact_and_shard_only(tmp_path: Path) ->
         assert found["whole"] == []
         # every local element computed alone, and nothing more than the rank's half (padding)
         assert found["local_params"] <= found["shard_elements"] <= 0.55 * found["full_params"]
+    assert found["still_tied"]  # (the last one is the tied model)
 
 
 class Table(nn.Module):
@@ -207,6 +220,9 @@ def scenario_tensor_parallel() -> dict[str, Any]:
         param = getattr(table, name)
         table.register_parameter(name, nn.Parameter(distribute_tensor(param, mesh, placements)))
     results["distribute_tensor"] = materialized(table, eager)
+    # distribute_module's default: every parameter and buffer replicated
+    eager = Eager(Table)
+    results["distribute_module"] = materialized(distribute_module(lazy(Table), mesh), eager)
     return results
 
 
