@@ -370,3 +370,79 @@ def test_accelerate_fsdp2_preparation_then_materialize_is_exact(tmp_path: Path) 
         assert found["lazy_before"] and not found["lazy_after"]
         assert found["not_equal"] == [] and found["whole"] == []
         assert found["rng_untouched"] and found["rng_as_eager"] and found["dtensors"] > 0
+
+
+def wide_llama() -> nn.Module:
+    """Rows of 328 elements (not a multiple of normal_'s 16-blocks), tensors above the size that
+    is drawn whole, and an odd vocabulary (uneven FSDP2 shards, padded)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        hidden_size=328,
+        intermediate_size=600,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=1001,
+        tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config)
+
+
+def scenario_memory_and_uneven() -> dict[str, Any]:
+    """Per-rank peak memory of fully_shard + materialize on a 400 MB lazy Llama (default
+    allocator), then uneven shards of a wide Llama under FSDP2 and TP x FSDP2."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from dormant.cli import _peak_rss as peak_rss  # VmHWM: not the parent's peak
+
+    world = dist.get_world_size()
+    mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("dp",))
+    warm = lazy(llama)  # the code paths loaded
+    parallelize_llama(warm, mesh, tp=False, dp=True)
+    dormant.materialize(warm)
+    del warm
+    before = peak_rss()
+    with open("/proc/self/statm") as f:
+        now = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    config = LlamaConfig(
+        hidden_size=768,
+        intermediate_size=2048,
+        num_hidden_layers=8,
+        num_attention_heads=12,
+        vocab_size=32000,
+        tie_word_embeddings=False,
+    )
+    with LazyInitContext():
+        model = LlamaForCausalLM(config)
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    parallelize_llama(model, mesh, tp=False, dp=True)
+    dormant.materialize(model)
+    results: dict[str, Any] = {
+        "growth": peak_rss() - now,
+        "before": before - now,
+        "model": nbytes,
+        "world": world,
+    }
+    del model
+    eager = Eager(wide_llama)
+    model = lazy(wide_llama)
+    parallelize_llama(model, mesh, tp=False, dp=True)
+    results["fsdp"] = materialized(model, eager)
+    model = lazy(wide_llama)
+    two = init_device_mesh("cpu", (1, world), mesh_dim_names=("dp", "tp"))
+    parallelize_llama(model, two, tp=True, dp=True)
+    results["tp_x_fsdp"] = materialized(model, eager)
+    return results
+
+
+def test_rank_holds_about_its_share_and_uneven_shards_are_exact(tmp_path: Path) -> None:
+    for found in run_ranks(scenario_memory_and_uneven, tmp_path):
+        assert found["before"] < 0.05 * found["model"]  # the earlier peak hides nothing
+        share = found["growth"] / found["model"]
+        assert share <= 1 / found["world"] + 0.1, f"peak growth {share:.2f}x the model's bytes"
+        for layout in ("fsdp", "tp_x_fsdp"):
+            result = found[layout]
+            assert result["lazy_before"] and not result["lazy_after"], layout
+            assert result["not_equal"] == [] and result["rng_as_eager"], layout
+            assert result["whole"] == [], layout
