@@ -187,3 +187,21 @@ def test_windows_of_a_column_slice_equal_eager() -> None:
     for lo, hi in ((0, 150), (150 * 7 + 3, 150 * 9 + 100), (150 * 399, 150 * 400)):
         values = window.values(half._lazy_storage, half.dtype, lo, hi)
         assert torch.equal(values, eager[:, 150:].reshape(-1)[lo:hi])
+
+
+def test_rows_padded_at_the_end_have_windows_and_other_pads_are_refused() -> None:
+    # DTensor pads the last chunk of an uneven Shard(0) with rows of zeros
+    torch.manual_seed(0)
+    eager = torch.nn.functional.pad(torch.empty(37, 300).normal_()[19:], [0, 0, 0, 1])
+    torch.manual_seed(0)
+    with LazyInitContext():
+        full = torch.empty(37, 300).normal_()
+        rows = torch.nn.functional.pad(full[19:], [0, 0, 0, 1])
+        columns = torch.nn.functional.pad(full[19:], [0, 1])
+    window = Window()
+    for lo, hi in ((0, 19 * 300), (17 * 300 + 5, 19 * 300), (18 * 300 - 7, 18 * 300 + 9)):
+        assert torch.equal(
+            window.values(rows._lazy_storage, rows.dtype, lo, hi), eager.view(-1)[lo:hi]
+        )
+    with pytest.raises(Unsliceable, match="constant_pad_nd"):
+        window.values(columns._lazy_storage, columns.dtype, 0, 301)

@@ -174,6 +174,8 @@ class Window:
             op in _ELEMENTWISE or torch.Tag.pointwise in op.tags
         ):
             self._elementwise(node, written, out, a, b, n)
+        elif op is aten.constant_pad_nd.default:
+            self._pad_end(node, out, a, b)
         else:
             raise Unsliceable(f"{node.label} has no elementwise rule")
 
@@ -267,6 +269,24 @@ class Window:
                 raise Unsliceable(f"{node.label} has several outputs")
             if result.data_ptr() != out.data_ptr():
                 out.copy_(result.reshape(-1))
+
+    def _pad_end(self, node: Node, out: torch.Tensor, a: int, b: int) -> None:
+        """``constant_pad_nd`` that only adds rows at the end (DTensor padding the last chunk of
+        an uneven ``Shard(0)``): the input's own elements, then the value."""
+        (source, pad, *rest), _ = tree_unflatten(node.flat_args, node.spec)
+        meta = source.meta if isinstance(source, TensorRef) else None
+        if meta is None or source.storage is None or not meta.is_contiguous() or meta.dim() == 0:
+            raise Unsliceable(f"{node.label} pads a strided or real tensor")
+        if any(pad[:-1]) or pad[-1] < 0 or len(pad) != 2 * meta.dim():
+            raise Unsliceable(f"{node.label} pads other than rows at the end")
+        end = min(b, meta.numel())
+        if a < end:
+            offset = int(meta.storage_offset())
+            self._at_version(
+                source.storage, source.version, meta.dtype, offset + a, offset + end, out[: end - a]
+            )
+        if b > end:
+            out[max(a, end) - a :].fill_(rest[0] if rest and rest[0] is not None else 0)
 
     def _random(
         self, node: Node, written: TensorRef | None, out: torch.Tensor, a: int, b: int, n: int
