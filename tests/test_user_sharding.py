@@ -212,6 +212,13 @@ def scenario_tensor_parallel() -> dict[str, Any]:
     for block in model.model.layers:
         parallelize_module(block, mesh, BLOCK_PLAN)
     results["parallelize_module"] = materialized(model, eager)
+    # the same, sharding inside the context
+    torch.manual_seed(SEED)
+    with LazyInitContext():
+        model = llama()
+        for block in model.model.layers:
+            parallelize_module(block, mesh, BLOCK_PLAN)
+    results["inside_context"] = materialized(model, eager)
     # distribute_tensor on each dimension, and Replicate
     eager = Eager(Table)
     table = lazy(Table)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ._lazy_tensor import LazyTensor
+from ._session import real_execution
 from .errors import DormantError
 
 _COLLECTIVES = "torch.distributed.tensor._collective_utils"
@@ -98,7 +99,8 @@ def check_same_program(model: nn.Module | Iterable[torch.Tensor], group: Any = N
     else:
         mine = program_digest(model)
     every: list[Any] = [None] * dist.get_world_size(group)
-    dist.all_gather_object(every, mine, group=group)
+    with real_execution():  # (sharding code may run inside LazyInitContext)
+        dist.all_gather_object(every, mine, group=group)
     if len(set(every)) != 1:
         raise DormantError(
             "ranks built the model differently, from different RNG states or from different "
