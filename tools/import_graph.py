@@ -87,6 +87,7 @@ ROLES = {
     "_mapped": "which file mapped bytes come from",
     "_mt19937": "generator jumps",
     "_session": "who records, where, which RNG mode",
+    "_spmd": "ranks agree on a program, not send values",
     "errors": "the exceptions",
 }
 

@@ -13,6 +13,7 @@ from ._context import LazyInitContext
 from ._lazy_tensor import LazyTensor
 from ._materialize import is_lazy, materialize
 from ._report import MaterializeReport
+from ._spmd import check_same_program
 from .checkpoint import CheckpointError, LoadResult, load_checkpoint, read_checkpoint
 from .errors import DormantError, LazyTensorError, MaterializationError, UnsupportedOpError
 from .launch import launch, launch_from_torch
@@ -29,6 +30,7 @@ __all__ = [
     "MaterializationError",
     "MaterializeReport",
     "UnsupportedOpError",
+    "check_same_program",
     "is_lazy",
     "launch",
     "launch_from_torch",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Literal, overload
 
 import torch
@@ -10,8 +11,9 @@ from torch import nn
 
 from . import _replay
 from ._lazy_tensor import LazyTensor
-from ._placement import install, module_tensors
+from ._placement import compute_local, install, lazy_local, module_tensors, sharded_lazy
 from ._report import MaterializeReport
+from .errors import MaterializationError
 
 
 @overload
@@ -103,11 +105,20 @@ def _materialize(
         if id(t) in counted:
             continue
         counted.add(id(t))
-        if isinstance(t, LazyTensor):
-            report.add(slot.name, slot.kind, t.numel(), t._lazy_storage.early, lazy=True)
-            lazy[id(t)] = (slot.name, t)
+        inner = t if isinstance(t, LazyTensor) else lazy_local(t)  # a DTensor's local tensor
+        if inner is not None:
+            report.add(slot.name, slot.kind, t.numel(), inner._lazy_storage.early, lazy=True)
         else:
             report.add(slot.name, slot.kind, t.numel(), [], lazy=False)
+        if isinstance(t, LazyTensor):
+            lazy[id(t)] = (slot.name, t)
+    # Local shards left by the user's own sharding code: each computed alone, shard only (see
+    # [Note: materializing what the user sharded]), before the rest, which they never read.
+    local = {id(t): (name, t) for name, t in sharded_lazy(module)}
+    if local:
+        values, report.shard_elements, report.whole = compute_local(local)
+        install(local, values)
+        del values
     if lazy:
         stats = _replay.ReplayStats()
         storages = [t._lazy_storage for _, t in lazy.values()]
@@ -116,8 +127,25 @@ def _materialize(
         report.threads = stats.threads
         install(lazy, values)
         del values, lazy
+    left = [name for name, _ in lazy_tensors(module)]
+    if left:  # never a silent half-materialized model
+        raise MaterializationError(
+            f"materialize left {len(left)} lazy tensors in {type(module).__name__}: "
+            f"{', '.join(left[:8])}{' ...' if len(left) > 8 else ''}. They are held in a way "
+            "dormant does not know; please report how the model was built and sharded",
+            name=left[0],
+            done=(),
+        )
     report.seconds = time.perf_counter() - start
     return report
+
+
+def lazy_tensors(module: nn.Module) -> Iterator[tuple[str, LazyTensor]]:
+    """Every lazy tensor ``module`` holds: its own, and those inside DTensors and FSDP2 shards."""
+    for slot in module_tensors(module):
+        if isinstance(slot.tensor, LazyTensor):
+            yield slot.name, slot.tensor
+    yield from sharded_lazy(module)
 
 
 def is_lazy(obj: torch.Tensor | nn.Module) -> bool:
@@ -135,7 +163,7 @@ def is_lazy(obj: torch.Tensor | nn.Module) -> bool:
         False
     """
     if isinstance(obj, torch.Tensor):
-        return isinstance(obj, LazyTensor)
+        return isinstance(obj, LazyTensor) or lazy_local(obj) is not None
     if isinstance(obj, nn.Module):
-        return any(isinstance(slot.tensor, LazyTensor) for slot in module_tensors(obj))
+        return next(lazy_tensors(obj), None) is not None
     raise TypeError(f"is_lazy() expects a tensor or an nn.Module, got {type(obj).__name__}")

@@ -20,7 +20,7 @@ from torch import nn
 
 from ._graph import view_of
 from ._lazy_tensor import INTERNAL_ATTRS, LazyTensor
-from ._replay import compute_each, progress_bar
+from ._replay import compute, compute_each, progress_bar
 from ._slices import Unsliceable, Window
 from .errors import MaterializationError
 
@@ -336,3 +336,85 @@ def write_local(target: torch.Tensor, full: torch.Tensor) -> None:
             target.to_local().copy_(mine.to_local())
         else:
             target.copy_(full)
+
+
+# --- what the user's own sharding code left lazy ------------------------------------------------
+# [Note: materializing what the user sharded]
+# Sharding code run on a lazy model (FSDP2's ``fully_shard``, DTensor's ``distribute_tensor`` and
+# the parallel styles built on it) only slices, pads and copies, and those ops are recorded like
+# any others (a scatter or broadcast of a lazy tensor is replaced by its slice: [Note:
+# distributing a lazy tensor] in ``_spmd.py``). What it leaves is lazy tensors out of the
+# module's direct sight: the local tensor inside a DTensor parameter, and FSDP2's padded shard
+# that this local tensor is a view of. A local storage's program reads only its rank's part of
+# the full tensor, so it is computed as a window of its own ([Note: windows] in ``_slices.py``):
+# a rank draws and computes its shard alone, and never the full tensor. A storage whose recorded
+# ops have no window rule (a column shard's strided copy, a padded last chunk) is replayed whole,
+# from the full tensor, and named in the report.
+
+
+def sharded_lazy(module: nn.Module) -> Iterator[tuple[str, LazyTensor]]:
+    """The lazy tensors inside ``module``'s DTensors and FSDP2 parameter shards, with names."""
+    import sys
+
+    if "torch.distributed.tensor" not in sys.modules:  # no DTensor can exist
+        return
+    for slot in module_tensors(module):
+        local = lazy_local(slot.tensor)
+        if local is not None:
+            yield slot.name, local
+    paths = {id(mod): f"{prefix}." if prefix else "" for prefix, mod in module.named_modules()}
+    for mod in module.modules():
+        state_of = getattr(mod, "_get_fsdp_state", None)  # an FSDP2 module (``fully_shard``)
+        group = state_of()._fsdp_param_group if callable(state_of) else None
+        for param in group.fsdp_params if group is not None else ():
+            info = param._module_info
+            name = paths.get(id(info.module), "") + info.param_name
+            # (the flat padded shard the parameter's local tensor views; after a forward pass
+            # with reshard_after_forward=int, the smaller shard kept until backward)
+            for attr in ("_sharded_param_data", "_sharded_post_forward_param_data"):
+                data = getattr(param, attr, None)
+                if isinstance(data, LazyTensor):
+                    yield f"{name} (FSDP2 {attr.strip('_')})", data
+
+
+def lazy_local(t: torch.Tensor) -> LazyTensor | None:
+    """The lazy local tensor of a DTensor, else None."""
+    local = getattr(t, "_local_tensor", None)  # DTensor's, without importing DTensor
+    return local if isinstance(local, LazyTensor) else None
+
+
+def compute_local(
+    tensors: dict[int, tuple[str, LazyTensor]],
+) -> tuple[dict[int, torch.UntypedStorage], int, list[WholeTensor]]:
+    """The values of these local tensors' storages, each computed alone where it can be (see
+    [Note: materializing what the user sharded]).
+
+    Returns the values by ``id(storage)``, the elements computed alone, and the storages that
+    had to be computed from their whole inputs.
+    """
+    window = Window()
+    values: dict[int, torch.UntypedStorage] = {}
+    whole: dict[int, object] = {}
+    report: list[WholeTensor] = []
+    elements = 0
+    # In recorded order, so the replay generator mostly moves forward.
+    for name, t in sorted(tensors.values(), key=lambda item: _last_write(item[1])):
+        storage = t._lazy_storage
+        if id(storage) in values or id(storage) in whole:
+            continue
+        n = storage.nbytes // t.element_size()
+        step = max(1, CHUNK_BYTES // t.element_size())  # bounds what a strided read spans
+        try:
+            with torch.no_grad():
+                out = torch.empty(n, dtype=t.dtype, device=storage.device)
+                for lo in range(0, n, step):
+                    window.values(storage, t.dtype, lo, min(n, lo + step), out[lo : lo + step])
+        except Unsliceable as e:
+            whole[id(storage)] = storage
+            report.append(WholeTensor(name, storage.nbytes, str(e)))
+            continue
+        values[id(storage)] = out.untyped_storage()
+        elements += n
+    if whole:
+        values.update(compute(whole.values()))  # type: ignore[arg-type]
+    return values, elements, report

@@ -42,6 +42,7 @@ from ._mapped import mapped_file
 from ._placement import install
 from ._replay import compute, constant_value, run_for_draws
 from ._session import RngMode, normalize_device, recording_active, session
+from ._spmd import replace_collective
 from .errors import LazyTensorError, UnsupportedOpError
 
 aten = torch.ops.aten
@@ -1044,7 +1045,8 @@ def defer_library_init(tensor: LazyTensor) -> bool:
         frame = frame.f_back  # type: ignore[assignment]
     entry = _DEFERRED.get(frame.f_code) if frame is not None else None
     if entry is None:
-        return False
+        # DTensor scattering or broadcasting a lazy tensor: see [Note: distributing a lazy tensor]
+        return frame is not None and replace_collective(frame)
     fn, name, random = entry
     code = frame.f_code
     params = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]

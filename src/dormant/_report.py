@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ._graph import EarlyRecord
-from ._placement import SlotKind
+from ._placement import SlotKind, WholeTensor
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,10 @@ class MaterializeReport:
     # Random ops computed for their values (those whose draws were overwritten are jumped over).
     random_ops: list[str] = field(default_factory=list)
     threads: int = 1  # replay threads the values were computed on
+    # Elements of local shards (DTensor, FSDP2) computed alone, without their full tensors.
+    shard_elements: int = 0
+    # Local shards that had to be computed from their whole inputs, and why.
+    whole: list[WholeTensor] = field(default_factory=list)
 
     @property
     def early_numel(self) -> int:
@@ -75,6 +79,12 @@ class MaterializeReport:
             f"on {self.threads} thread{'s' if self.threads > 1 else ''}",
         ]
         lines += [f"    - {e.name}: forced by {e.op} at {e.where}" for e in self.early]
+        if self.shard_elements or self.whole:
+            lines.append(
+                f"  local shards: {self.shard_elements:,} elements computed alone, "
+                f"{len(self.whole)} shards from their whole tensors"
+            )
+            lines += [f"    - {w.name}: {w.reason}" for w in self.whole]
         return "\n".join(lines)
 
 

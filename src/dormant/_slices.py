@@ -26,6 +26,7 @@ installed torch (:func:`random_rule`); an op, dtype or layout without a rule rai
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +62,11 @@ _CONSTANT_FACTORIES: dict[Any, Callable[[list[Any]], Any]] = {
     aten.ones_like.default: lambda args: 1,
     aten.full.default: lambda args: args[1],
     aten.full_like.default: lambda args: args[1],
+    # (``new_zeros``: FSDP2's padded shard of a parameter, before its rows are copied in)
+    aten.new_empty.default: lambda args: None,
+    aten.new_zeros.default: lambda args: 0,
+    aten.new_ones.default: lambda args: 1,
+    aten.new_full.default: lambda args: args[2],
 }
 # Ops that are elementwise although torch does not tag them ``pointwise``.
 _ELEMENTWISE = {
@@ -168,6 +174,8 @@ class Window:
             op in _ELEMENTWISE or torch.Tag.pointwise in op.tags
         ):
             self._elementwise(node, written, out, a, b, n)
+        elif op is aten.constant_pad_nd.default:
+            self._pad_end(node, out, a, b)
         else:
             raise Unsliceable(f"{node.label} has no elementwise rule")
 
@@ -201,10 +209,41 @@ class Window:
         if meta.dim() == 0:
             offset = int(meta.storage_offset())
             return self._at_version(s, ref.version, meta.dtype, offset, offset + 1).reshape(())
-        if meta.numel() != n or not meta.is_contiguous():
-            raise Unsliceable(f"{node.label} reads a broadcast or strided tensor")
+        if meta.numel() != n:
+            raise Unsliceable(f"{node.label} reads a broadcast tensor")
         offset = int(meta.storage_offset())
+        if not meta.is_contiguous():
+            return self._read_strided(s, ref.version, meta, a, b, out)
         return self._at_version(s, ref.version, meta.dtype, offset + a, offset + b, out)
+
+    def _read_strided(
+        self,
+        s: LazyStorage,
+        version: int,
+        meta: torch.Tensor,
+        a: int,
+        b: int,
+        out: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Elements ``[a, b)`` (in row-major order) of a strided view of ``s``: the window of
+        storage that the view's rows holding them span, seen through the view's strides. A
+        column slice of a weight (tensor parallelism's row-wise layout, copied contiguous) spans
+        whole rows: those rows alone are computed."""
+        if a >= b:
+            return out if out is not None else torch.empty(0, dtype=meta.dtype, device=s.device)
+        shape, strides = tuple(meta.shape), tuple(meta.stride())
+        if min(strides) < 0:
+            raise Unsliceable("a view with a negative stride")
+        inner = math.prod(shape[1:])
+        first, end = a // inner, (b - 1) // inner + 1  # the view's rows that hold [a, b)
+        lo = int(meta.storage_offset()) + first * strides[0]
+        extent = sum((n - 1) * st for n, st in zip(shape[1:], strides[1:], strict=True))
+        span = self._at_version(
+            s, version, meta.dtype, lo, lo + (end - 1 - first) * strides[0] + extent + 1
+        )
+        rows = span.as_strided((end - first, *shape[1:]), strides)
+        values = rows.reshape(-1)[a - first * inner : b - first * inner]
+        return values if out is None else out.copy_(values)
 
     def _elementwise(
         self, node: Node, written: TensorRef | None, out: torch.Tensor, a: int, b: int, n: int
@@ -230,6 +269,24 @@ class Window:
                 raise Unsliceable(f"{node.label} has several outputs")
             if result.data_ptr() != out.data_ptr():
                 out.copy_(result.reshape(-1))
+
+    def _pad_end(self, node: Node, out: torch.Tensor, a: int, b: int) -> None:
+        """``constant_pad_nd`` that only adds rows at the end (DTensor padding the last chunk of
+        an uneven ``Shard(0)``): the input's own elements, then the value."""
+        (source, pad, *rest), _ = tree_unflatten(node.flat_args, node.spec)
+        meta = source.meta if isinstance(source, TensorRef) else None
+        if meta is None or source.storage is None or not meta.is_contiguous() or meta.dim() == 0:
+            raise Unsliceable(f"{node.label} pads a strided or real tensor")
+        if any(pad[:-1]) or pad[-1] < 0 or len(pad) != 2 * meta.dim():
+            raise Unsliceable(f"{node.label} pads other than rows at the end")
+        end = min(b, meta.numel())
+        if a < end:
+            offset = int(meta.storage_offset())
+            self._at_version(
+                source.storage, source.version, meta.dtype, offset + a, offset + end, out[: end - a]
+            )
+        if b > end:
+            out[max(a, end) - a :].fill_(rest[0] if rest and rest[0] is not None else 0)
 
     def _random(
         self, node: Node, written: TensorRef | None, out: torch.Tensor, a: int, b: int, n: int

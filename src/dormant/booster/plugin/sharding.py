@@ -4,7 +4,6 @@ with DTensor tensor parallelism, shard with FSDP2 block by block, then fill each
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,9 +21,9 @@ from torch.distributed.fsdp import (
 )
 from torch.distributed.tensor.parallel import ParallelStyle, parallelize_module
 
-from ..._lazy_tensor import LazyTensor
 from ..._materialize import materialize
 from ..._placement import fill_local, to_empty, to_meta
+from ..._spmd import check_same_program
 from ...errors import DormantError
 from ..precision import Precision
 from .tp_plans import check_plan_matches, plan_for
@@ -187,45 +186,6 @@ def sharded_in_place(model: nn.Module, device: str) -> Iterator[None]:
             "; ".join(f"{w.name} ({w.nbytes / 2**20:.1f} MiB): {w.reason}" for w in whole),
         )
     materialize(model)  # tensors held as plain attributes, if any are lazy
-
-
-def check_same_program(model: nn.Module) -> None:
-    """Fail loudly if ranks would shard different models.
-
-    Lazy tensors: every rank must have recorded the same ops (names, checkpoint keys read) with
-    the same random positions. Real tensors: the bytes of a strided sample of each tensor, which
-    catches ranks built from different seeds or loaded from different files.
-    """
-    digest = hashlib.sha256()
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        digest.update(f"{name}{tuple(t.shape)}{t.dtype}{isinstance(t, LazyTensor)}".encode())
-        if isinstance(t, LazyTensor):
-            for node in t._lazy_storage.writers:
-                digest.update(node.label.encode())  # "read <key>" for checkpoint reads
-                if node.rng is not None and node.rng.start is not None:
-                    # Where each random op draws: ranks seeded differently disagree here.
-                    digest.update(node.rng.start.anchor.numpy().tobytes())
-                    digest.update(str(node.rng.start.draws).encode())
-        elif t.device.type != "meta" and t.numel():
-            digest.update(_checksum(t))
-    mine = digest.hexdigest()
-    every: list[str] = [""] * dist.get_world_size()
-    dist.all_gather_object(every, mine)
-    if len(set(every)) != 1:
-        raise DormantError(
-            "ranks built the model differently, from different RNG states or from different "
-            "checkpoints, so their shards would not form one model: seed every rank the same "
-            "before building (dormant.launch(seed=...) or torch.manual_seed) and load the same "
-            "files on every rank"
-        )
-
-
-def _checksum(t: torch.Tensor) -> bytes:
-    # A strided sample of at most 4096 elements: values built from different seeds or files
-    # differ nearly everywhere, and reading all of a large model would cost a second or more.
-    flat = t.detach().reshape(-1)
-    sample = flat[:: max(1, flat.numel() // 4096)].contiguous().cpu()
-    return sample.view(torch.uint8).numpy().tobytes() if sample.numel() else b""
 
 
 def blocks(model: nn.Module, wrap: Callable[[nn.Module], bool] | None = None) -> list[nn.Module]:

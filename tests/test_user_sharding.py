@@ -1,0 +1,455 @@
+"""materialize after the user's own sharding code, on real 2-rank gloo runs under torchrun.
+
+The user builds the model in ``LazyInitContext``, shards it with their own code (FSDP2's
+``fully_shard``, DTensor's ``parallelize_module``, a pipeline split), and calls
+``dormant.materialize(model)`` where they would call ``to_empty`` and ``init_weights``. torchtitan
+is not installed here: ``parallelize_llama`` below follows its recipe (``fully_shard`` per block,
+then the root; tensor parallelism with ``ColwiseParallel`` / ``RowwiseParallel`` plans).
+
+Each ``scenario_*`` function runs on every rank (through ``distributed/run.py``) and returns what
+it found; the tests right after it launch it and check the findings.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import (
+    DTensor,
+    Replicate,
+    Shard,
+    distribute_module,
+    distribute_tensor,
+)
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    RowwiseParallel,
+    parallelize_module,
+)
+
+import dormant
+from dormant import LazyInitContext, is_lazy
+
+pytest.importorskip("transformers")
+TESTS = Path(__file__).resolve().parent
+RUNNER = TESTS / "distributed" / "run.py"
+SEED = 1234  # every rank's seed (the runner calls dormant.launch(seed=SEED))
+
+
+def run_ranks(
+    scenario: Callable[[], dict[str, Any]], tmp_path: Path, nproc: int = 2
+) -> list[dict[str, Any]]:
+    """Run ``scenario`` (a function of this module) on ``nproc`` gloo ranks under torchrun; each
+    rank's result comes back as JSON. Fail with every rank's output if one fails."""
+    env = {**os.environ, "DORMANT_TEST_TMP": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        "--nproc_per_node", str(nproc), str(RUNNER),
+        Path(__file__).stem, scenario.__name__, str(tmp_path),
+    ]  # fmt: skip
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"{scenario.__name__}: ranks hung for {e.timeout} s\n{e.stderr}")
+    if proc.returncode != 0:
+        pytest.fail(
+            f"{scenario.__name__}: a rank failed (exit {proc.returncode})\n{proc.stderr[-8000:]}"
+        )
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(nproc)]
+
+
+def llama(layers: int = 2, tied: bool = False) -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=128,
+        tie_word_embeddings=tied,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return LlamaForCausalLM(config)
+
+
+# torchtitan's tensor-parallel plan for a Llama block, in transformers' module names.
+BLOCK_PLAN = {
+    "self_attn.q_proj": ColwiseParallel(),
+    "self_attn.k_proj": ColwiseParallel(),
+    "self_attn.v_proj": ColwiseParallel(),
+    "self_attn.o_proj": RowwiseParallel(),
+    "mlp.gate_proj": ColwiseParallel(),
+    "mlp.up_proj": ColwiseParallel(),
+    "mlp.down_proj": RowwiseParallel(),
+}
+
+
+def parallelize_llama(model: nn.Module, mesh: DeviceMesh, *, tp: bool, dp: bool) -> None:
+    """torchtitan's recipe, on transformers' Llama: tensor parallelism on ``mesh["tp"]``, then
+    ``fully_shard`` per block and the root on ``mesh["dp"]``."""
+    if tp:
+        for block in model.model.layers:
+            parallelize_module(block, mesh["tp"], BLOCK_PLAN)
+    if dp:
+        for block in model.model.layers:
+            fully_shard(block, mesh=mesh["dp"])
+        fully_shard(model, mesh=mesh["dp"])
+
+
+class Eager:
+    """The single-process eager build from ``SEED``: its values and where it leaves the RNG."""
+
+    def __init__(self, ctor: Callable[[], nn.Module]) -> None:
+        torch.manual_seed(SEED)
+        model = ctor()
+        self.rng = torch.get_rng_state()
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def not_equal(self, model: nn.Module) -> list[str]:
+        """Names whose gathered full values differ from eager's (or are missing)."""
+        options = StateDictOptions(full_state_dict=True, cpu_offload=False)
+        state = get_model_state_dict(model, options=options)
+        return sorted(
+            k for k, v in self.state.items() if k not in state or not torch.equal(v, state[k])
+        )
+
+
+def lazy(ctor: Callable[[], nn.Module]) -> nn.Module:
+    torch.manual_seed(SEED)
+    with LazyInitContext():
+        return ctor()
+
+
+def materialized(model: nn.Module, eager: Eager) -> dict[str, Any]:
+    """materialize ``model`` and say what came out: exactness, RNG, laziness, shard-only work."""
+    before = is_lazy(model)
+    rng = torch.get_rng_state()
+    report = dormant.materialize(model, report=True)
+    local = sum(
+        p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in model.parameters()
+    )
+    return {
+        "lazy_before": before,
+        "lazy_after": is_lazy(model),
+        "not_equal": eager.not_equal(model),
+        "rng_untouched": torch.equal(rng, torch.get_rng_state()),
+        "rng_as_eager": torch.equal(rng, eager.rng),
+        "shard_elements": report.shard_elements,
+        "whole": [w.name for w in report.whole],
+        "local_params": local,
+        "dtensors": sum(isinstance(p, DTensor) for p in model.parameters()),
+        "full_params": sum(v.numel() for k, v in eager.state.items() if "rotary" not in k),
+    }
+
+
+def scenario_fsdp() -> dict[str, Any]:
+    results = {}
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),), mesh_dim_names=("dp",))
+    for tied in (False, True):
+        ctor = functools.partial(llama, tied=tied)
+        eager = Eager(ctor)
+        model = lazy(ctor)
+        parallelize_llama(model, mesh, tp=False, dp=True)
+        found = materialized(model, eager)
+        found["still_tied"] = model.lm_head.weight is model.model.embed_tokens.weight
+        ids = torch.arange(12).reshape(2, 6) % 128
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        found["trains"] = bool(torch.isfinite(loss))
+        results[f"tied={tied}"] = found
+    return results
+
+
+def test_fully_shard_then_materialize_is_exact_and_shard_only(tmp_path: Path) -> None:
+    for found in (f for rank in run_ranks(scenario_fsdp, tmp_path) for f in rank.values()):
+        assert found["lazy_before"] and not found["lazy_after"]
+        assert found["not_equal"] == []
+        assert found["rng_untouched"] and found["rng_as_eager"]
+        assert found["dtensors"] > 0 and found["trains"]
+        assert found["whole"] == []
+        # every local element computed alone, and nothing more than the rank's half (padding)
+        assert found["local_params"] <= found["shard_elements"] <= 0.55 * found["full_params"]
+    assert found["still_tied"]  # (the last one is the tied model)
+
+
+class Table(nn.Module):
+    """Parameters to distribute by hand, one per layout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows = nn.Parameter(torch.randn(37, 24))  # Shard(0), uneven
+        self.cols = nn.Parameter(torch.empty(24, 40).uniform_(-1, 1))  # Shard(1)
+        self.rep = nn.Parameter(torch.randn(16, 16))  # Replicate
+        self.register_buffer("steps", torch.arange(10, dtype=torch.float32) * 0.5)
+
+
+def scenario_tensor_parallel() -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    world = dist.get_world_size()
+    mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("tp",))
+    # parallelize_module with torchtitan's plan on every block
+    eager = Eager(llama)
+    model = lazy(llama)
+    for block in model.model.layers:
+        parallelize_module(block, mesh, BLOCK_PLAN)
+    results["parallelize_module"] = materialized(model, eager)
+    # the same, sharding inside the context
+    torch.manual_seed(SEED)
+    with LazyInitContext():
+        model = llama()
+        for block in model.model.layers:
+            parallelize_module(block, mesh, BLOCK_PLAN)
+    results["inside_context"] = materialized(model, eager)
+    # distribute_tensor on each dimension, and Replicate
+    eager = Eager(Table)
+    table = lazy(Table)
+    layouts = {"rows": [Shard(0)], "cols": [Shard(1)], "rep": [Replicate()]}
+    for name, placements in layouts.items():
+        param = getattr(table, name)
+        table.register_parameter(name, nn.Parameter(distribute_tensor(param, mesh, placements)))
+    results["distribute_tensor"] = materialized(table, eager)
+    # distribute_module's default: every parameter and buffer replicated
+    eager = Eager(Table)
+    results["distribute_module"] = materialized(distribute_module(lazy(Table), mesh), eager)
+    return results
+
+
+def test_tensor_parallel_then_materialize_is_exact(tmp_path: Path) -> None:
+    for found in run_ranks(scenario_tensor_parallel, tmp_path):
+        for layout, result in found.items():
+            assert result["lazy_before"] and not result["lazy_after"], layout
+            assert result["not_equal"] == [], layout
+            assert result["rng_untouched"] and result["rng_as_eager"], layout
+            assert result["dtensors"] > 0, layout
+        # every local shard computed alone (a padded uneven last chunk too)
+        assert found["parallelize_module"]["whole"] == []
+        assert found["distribute_tensor"]["whole"] == []
+
+
+def scenario_pipeline() -> dict[str, Any]:
+    # torchtitan's manual pipeline split: each stage deletes the layers other stages own (its
+    # layers live in a ModuleDict, so names stay those of the whole model).
+    eager = Eager(lambda: llama(layers=4))
+    model = lazy(lambda: llama(layers=4))
+    stage, stages = dist.get_rank(), dist.get_world_size()
+    layers = nn.ModuleDict({str(i): block for i, block in enumerate(model.model.layers)})
+    per = len(layers) // stages
+    for i in range(len(layers)):
+        if not stage * per <= i < (stage + 1) * per:
+            del layers[str(i)]
+    model.model.layers = layers
+    if stage != 0:
+        model.model.embed_tokens = None
+    if stage != stages - 1:
+        model.model.norm = None
+        model.lm_head = None
+    before = is_lazy(model)
+    rng = torch.get_rng_state()
+    report = dormant.materialize(model, report=True)
+    state = model.state_dict()
+    return {
+        "lazy_before": before,
+        "lazy_after": is_lazy(model),
+        "not_equal": sorted(k for k in state if not torch.equal(state[k], eager.state[k])),
+        "keys": sorted(state),
+        "rng_untouched": torch.equal(rng, torch.get_rng_state()),
+        "replayed_numel": report.numel,
+        "full_numel": sum(v.numel() for v in eager.state.values()),
+    }
+
+
+def test_pipeline_stage_materializes_only_its_layers(tmp_path: Path) -> None:
+    found = run_ranks(scenario_pipeline, tmp_path)
+    for rank, stage in enumerate(found):
+        assert stage["lazy_before"] and not stage["lazy_after"]
+        assert stage["not_equal"] == [] and stage["rng_untouched"]
+        layers = {k.split(".")[2] for k in stage["keys"] if k.startswith("model.layers.")}
+        assert layers == {str(2 * rank), str(2 * rank + 1)}
+        assert stage["replayed_numel"] < 0.6 * stage["full_numel"]
+    assert "lm_head.weight" in found[1]["keys"] and "lm_head.weight" not in found[0]["keys"]
+
+
+def scenario_two_dimensional() -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
+    eager = Eager(llama)
+    for name, tp, dp in (("tp_x_fsdp", True, True), ("fsdp4", False, True)):
+        model = lazy(llama)
+        if name == "fsdp4":
+            flat = init_device_mesh("cpu", (4,), mesh_dim_names=("dp",))
+            parallelize_llama(model, flat, tp=False, dp=True)
+        else:
+            parallelize_llama(model, mesh, tp=tp, dp=dp)
+        results[name] = materialized(model, eager)
+    # HSDP: replicate across dp, shard across the other dimension
+    model = lazy(llama)
+    for block in model.model.layers:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    results["hsdp"] = materialized(model, eager)
+    return results
+
+
+def test_two_dimensional_layouts_at_four_ranks_are_exact(tmp_path: Path) -> None:
+    for found in run_ranks(scenario_two_dimensional, tmp_path, nproc=4):
+        for layout, result in found.items():
+            assert result["lazy_before"] and not result["lazy_after"], layout
+            assert result["not_equal"] == [], layout
+            assert result["rng_untouched"] and result["rng_as_eager"], layout
+            assert result["dtensors"] > 0, layout
+            assert result["whole"] == [], layout  # every local shard computed alone
+
+
+def scenario_ranks_disagree() -> dict[str, Any]:
+    torch.manual_seed(SEED + dist.get_rank())  # a user who forgot to seed every rank the same
+    with LazyInitContext():
+        model = llama()
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    errors: dict[str, str] = {}
+    for name, call in (
+        ("check_same_program", lambda: dormant.check_same_program(model)),
+        ("parallelize_module", lambda: parallelize_module(model.model.layers[0], mesh, BLOCK_PLAN)),
+        ("distribute_tensor", lambda: distribute_tensor(model.lm_head.weight, mesh, [Replicate()])),
+    ):
+        try:
+            call()
+            errors[name] = ""
+        except dormant.DormantError as e:
+            errors[name] = str(e)
+    torch.manual_seed(SEED)
+    with LazyInitContext():
+        same = llama()
+    dormant.check_same_program(same)  # ranks that agree pass
+    return errors
+
+
+def test_ranks_built_differently_get_a_clear_error_not_a_scatter(tmp_path: Path) -> None:
+    for errors in run_ranks(scenario_ranks_disagree, tmp_path):
+        for name, message in errors.items():
+            assert "seed every rank the same" in message, name
+
+
+def scenario_accelerate() -> dict[str, Any]:
+    # accelerate's Accelerator enables its FSDP2 plugin on GPU-family devices only (on a CPU
+    # process group it stays DistributedType.MULTI_CPU and prepare() does not shard), so this
+    # calls what its prepare() runs for FSDP2, with the plugin an Accelerator would hold.
+    from types import SimpleNamespace
+
+    from accelerate import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2, cpu_ram_efficient_loading=False)
+    accelerator = SimpleNamespace(
+        state=SimpleNamespace(fsdp_plugin=plugin),
+        torch_device_mesh=None,
+        parallelism_config=None,
+        mixed_precision="no",
+        is_main_process=dist.get_rank() == 0,
+        device=torch.device("cpu"),
+    )
+    eager = Eager(llama)
+    model = fsdp2_prepare_model(accelerator, lazy(llama))
+    return materialized(model, eager)
+
+
+def test_accelerate_fsdp2_preparation_then_materialize_is_exact(tmp_path: Path) -> None:
+    pytest.importorskip("accelerate")
+    for found in run_ranks(scenario_accelerate, tmp_path):
+        assert found["lazy_before"] and not found["lazy_after"]
+        assert found["not_equal"] == [] and found["whole"] == []
+        assert found["rng_untouched"] and found["rng_as_eager"] and found["dtensors"] > 0
+
+
+def wide_llama() -> nn.Module:
+    """Rows of 328 elements (not a multiple of normal_'s 16-blocks), tensors above the size that
+    is drawn whole, and an odd vocabulary (uneven FSDP2 shards, padded)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        hidden_size=328,
+        intermediate_size=600,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=1001,
+        tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config)
+
+
+def scenario_memory_and_uneven() -> dict[str, Any]:
+    """Per-rank peak memory of fully_shard + materialize on a 400 MB lazy Llama (default
+    allocator), then uneven shards of a wide Llama under FSDP2 and TP x FSDP2."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from dormant.cli import _peak_rss as peak_rss  # VmHWM: not the parent's peak
+
+    world = dist.get_world_size()
+    mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("dp",))
+    warm = lazy(llama)  # the code paths loaded
+    parallelize_llama(warm, mesh, tp=False, dp=True)
+    dormant.materialize(warm)
+    del warm
+    before = peak_rss()
+    with open("/proc/self/statm") as f:
+        now = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    config = LlamaConfig(
+        hidden_size=768,
+        intermediate_size=2048,
+        num_hidden_layers=8,
+        num_attention_heads=12,
+        vocab_size=32000,
+        tie_word_embeddings=False,
+    )
+    with LazyInitContext():
+        model = LlamaForCausalLM(config)
+    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    parallelize_llama(model, mesh, tp=False, dp=True)
+    dormant.materialize(model)
+    results: dict[str, Any] = {
+        "growth": peak_rss() - now,
+        "before": before - now,
+        "model": nbytes,
+        "world": world,
+    }
+    del model
+    eager = Eager(wide_llama)
+    model = lazy(wide_llama)
+    parallelize_llama(model, mesh, tp=False, dp=True)
+    results["fsdp"] = materialized(model, eager)
+    model = lazy(wide_llama)
+    two = init_device_mesh("cpu", (1, world), mesh_dim_names=("dp", "tp"))
+    parallelize_llama(model, two, tp=True, dp=True)
+    results["tp_x_fsdp"] = materialized(model, eager)
+    return results
+
+
+def test_rank_holds_about_its_share_and_uneven_shards_are_exact(tmp_path: Path) -> None:
+    for found in run_ranks(scenario_memory_and_uneven, tmp_path):
+        assert found["before"] < 0.05 * found["model"]  # the earlier peak hides nothing
+        share = found["growth"] / found["model"]
+        assert share <= 1 / found["world"] + 0.1, f"peak growth {share:.2f}x the model's bytes"
+        for layout in ("fsdp", "tp_x_fsdp"):
+            result = found[layout]
+            assert result["lazy_before"] and not result["lazy_after"], layout
+            assert result["not_equal"] == [] and result["rng_as_eager"], layout
+            assert result["whole"] == [], layout
