@@ -45,7 +45,7 @@ def train_step(model: torch.nn.Module, **batch: torch.Tensor) -> None:
 
 dormant.launch(seed=0)
 plugin = GeminiPlugin()
-booster = Booster(plugin=plugin)
+booster = Booster(plugin)
 
 # 1. Initialize a model from scratch.
 # Initializing on cuda is faster but takes GPU memory; by default it runs on the CPU.

@@ -2,7 +2,8 @@
 """Train a lazily built model with a Booster: FSDP2 shards it while it is still lazy, so each
 rank allocates and computes only its own shards of the parameters.
 
-Runs on CPU (gloo) as well as on GPUs (nccl), and with plain ``python`` as one process. The data
+On CPU the ranks talk through gloo; where CUDA is available, ``dormant.launch`` picks nccl and
+one GPU per rank (CI runs the CPU path only). Plain ``python`` runs it as one process. The data
 is a toy task (continue a counting sequence) that a few steps visibly learn.
 """
 
@@ -17,6 +18,7 @@ from dormant.booster import Booster
 from dormant.booster.plugin import TorchFSDPPlugin
 
 dormant.launch(seed=0)  # torchrun's environment, or one process; same seed on every rank
+device = "cuda" if torch.cuda.is_available() else "cpu"
 booster = Booster(plugin=TorchFSDPPlugin(), mixed_precision=None)
 config = LlamaConfig(
     hidden_size=128,
@@ -42,6 +44,7 @@ losses = []
 for epoch in range(3):
     dataloader.sampler.set_epoch(epoch)  # each rank reads its own part of the data
     for (tokens,) in dataloader:
+        tokens = tokens.to(device)
         logits = model(tokens[:, :-1]).logits
         loss = criterion(logits.flatten(0, 1), tokens[:, 1:].flatten())
         booster.backward(loss, optimizer)
