@@ -1,8 +1,8 @@
 """Build a Llama with Llama-3-8B's shape lazily, then materialize one decoder layer of it.
 
-Building allocates none of the 8 billion parameters (about 30 GiB in float32) and takes about a
-second; materializing a layer computes exactly the values an eager build of the whole model would
-give that layer, without computing anything else. Run: ``python examples/large_model.py``.
+Building allocates none of the 8 billion parameters (about 30 GiB in float32) and takes a fraction
+of a second; materializing a layer computes exactly the values an eager build of the whole model
+would give that layer, and nothing else. Run: ``python examples/large_model.py``.
 """
 
 import resource
