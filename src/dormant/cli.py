@@ -8,7 +8,8 @@ meta-device build.
 Each build runs in a child process of its own, so that its peak memory is its own and no build
 warms caches for the next. On Linux the children are forked from a parent that has already
 imported torch and transformers: the imports, which take longer than the builds, are paid once
-instead of once per build. Elsewhere the children are spawned (fresh interpreters).
+instead of once per build. The parent runs no torch op before forking: a child forked after
+OpenMP started its threads could hang. Elsewhere the children are spawned (fresh interpreters).
 """
 
 from __future__ import annotations
