@@ -216,7 +216,10 @@ def verify(size: str, seed: int) -> int:
 def _parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(
-        prog="dormant", description=__doc__.splitlines()[0], formatter_class=fmt
+        prog="dormant",
+        description="dormant: build PyTorch models lazily, then materialize them with exactly "
+        "the values eager construction gives.",
+        formatter_class=fmt,
     )
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -229,7 +232,7 @@ def _parser() -> argparse.ArgumentParser:
         "print time and peak memory of both, and recording's time against a meta-device build.",
         formatter_class=fmt,
     )
-    sizes = ", ".join(
+    sizes = "; ".join(
         f"{k}: hidden {c['hidden_size']}, {c['num_hidden_layers']} layers" for k, c in SIZES.items()
     )
     v.add_argument("--size", choices=list(SIZES), default="small", help=f"model size ({sizes})")
