@@ -40,7 +40,7 @@ def run_example(name: str, tmp_path: Path) -> str:
     else:
         cmd = [sys.executable, str(path)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"{name} hung for {e.timeout} s\n{e.stdout}\n{e.stderr}")
     assert proc.returncode == 0, f"{name} failed:\n{proc.stdout}\n{proc.stderr[-8000:]}"
