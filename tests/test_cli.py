@@ -12,6 +12,7 @@ from importlib import metadata
 import pytest
 
 import dormant
+from dormant.cli import main
 
 pytest.importorskip("transformers")
 
@@ -35,11 +36,19 @@ def test_verify_reports_bit_identical() -> None:
     assert 'lower is better; 1x: as fast as torch.device("meta")' in out
 
 
-def test_help_lists_public_commands_with_defaults() -> None:
-    top = dormant_cli("--help")
+def printed(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    """What ``dormant ARGS`` prints before exiting with status 0 (``--help``, ``--version``)."""
+    with pytest.raises(SystemExit) as exit_:
+        main(list(args))
+    assert exit_.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_help_lists_public_commands_with_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    top = printed(capsys, "--help")
     assert "verify" in top and "--version" in top
     assert "_probe" not in top and "SUPPRESS" not in top
-    sub = dormant_cli("verify", "--help")
+    sub = printed(capsys, "verify", "--help")
     flat = " ".join(sub.split())  # argparse wraps to the terminal's width
     assert "(default: small)" in flat and "(default: 0)" in flat
     # Every option but --help has help text that states its default.
@@ -50,8 +59,8 @@ def test_help_lists_public_commands_with_defaults() -> None:
             assert "(default: " in " ".join(option.split()), option
 
 
-def test_version() -> None:
-    out = dormant_cli("--version")
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    out = printed(capsys, "--version")
     try:
         expected = metadata.version("dormant")
     except metadata.PackageNotFoundError:
