@@ -154,7 +154,11 @@ def test_readme_code_is_example_code() -> None:
     printed, and every example is in the README."""
     blocks = readme_blocks()
     for example, code in blocks:
-        assert example, f"README block without an example marker:\n{code}"
+        assert example, (
+            "a README python block is not an example: save it as examples/NAME.py (with a "
+            "check in CHECKS) and put <!-- example: examples/NAME.py --> on the line before "
+            f"its fence:\n{code}"
+        )
         assert code == without_docstring(ROOT / example), f"README block differs from {example}"
     shown = {Path(example).name for example, _ in blocks if example}
     assert shown == set(CHECKS) - {"lazy_init_doc.py"}  # the peer's page is linked, not shown
