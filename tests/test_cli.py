@@ -34,6 +34,9 @@ def test_verify_reports_bit_identical() -> None:
     assert re.search(r"lazy total / eager construct: [\d.]+x \(lower is better", out)
     assert re.search(r"recording / meta-device build: [\d.]+x .*median of 5", out)
     assert 'lower is better; 1x: as fast as torch.device("meta")' in out
+    # The total counts the imports, paid once for the three builds.
+    wall = re.search(r"wall time ([\d.]+) s, of which ([\d.]+) s starting Python and", out)
+    assert wall and 0 < float(wall[2]) < float(wall[1])
 
 
 def printed(capsys: pytest.CaptureFixture[str], *args: str) -> str:
