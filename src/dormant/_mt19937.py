@@ -17,7 +17,9 @@ The generator state that ``torch.Generator.get_state()`` returns (5056 bytes, se
 from __future__ import annotations
 
 import functools
+import itertools
 import threading
+from collections import Counter
 
 import numpy as np
 import torch
@@ -114,10 +116,54 @@ def _spread(v: int) -> int:
 
 def _correlate(v: int) -> int:
     """(w_j) -> (XOR_i B_i w_{i+j}), truncated to DEGREE coefficients."""
+    bases: dict[tuple[int, ...], int] = {(): v}
     acc = 0
-    for e in _REVERSED:
-        acc ^= v >> e
+    for steps, exponents in _correlate_plan():
+        base = bases.get(steps)
+        if base is None:  # one more step on a base made before (plans list prefixes first)
+            base = bases[steps[:-1]] ^ (bases[steps[:-1]] >> steps[-1])
+            bases[steps] = base
+        for e in exponents:
+            acc ^= base >> e
     return acc & _POLY_MASK
+
+
+_Plan = list[tuple[tuple[int, ...], tuple[int, ...]]]
+
+
+@functools.cache
+def _correlate_plan() -> _Plan:
+    """B's 135 exponents as (steps, exponents) groups, so that a correlation shifts ~40 times
+    instead of 135 (x^J mod P about 2x faster): with ``base = v`` XOR ``base >> d`` for each
+    step d in turn, ``base >> e`` stands for every e + (a subset sum of the steps). mt19937's
+    polynomial is full of pairs at distance 227 and its multiples (the recurrence reads the
+    word 227 ahead)."""
+
+    def pairs(exps: list[int], d: int) -> tuple[list[int], list[int]]:
+        left, firsts, used = set(exps), [], set[int]()
+        for e in exps:
+            if e not in used and e + d in left and e + d not in used:
+                firsts.append(e)
+                used.update((e, e + d))
+        return firsts, [e for e in exps if e not in used]
+
+    def split(exps: list[int], steps: tuple[int, ...], depth: int) -> _Plan:
+        gaps = Counter(b - a for a in exps for b in exps if b > a)
+        options = [(*pairs(exps, d), d) for d, _ in gaps.most_common(30)]
+        firsts, rest, d = max(options, key=lambda o: len(o[0]), default=([], exps, 0))
+        if depth == 0 or len(firsts) < 3:
+            return [(steps, tuple(exps))]
+        return split(firsts, (*steps, d), depth - 1) + split(rest, steps, depth - 1)
+
+    plan = sorted(split(list(_REVERSED), (), 3), key=lambda group: len(group[0]))
+    covered = sorted(
+        e + sum(d for d, bit in zip(steps, mask, strict=True) if bit)
+        for steps, exps in plan
+        for e in exps
+        for mask in itertools.product((0, 1), repeat=len(steps))
+    )
+    assert covered == list(_REVERSED), "correlation plan does not cover B exactly once"
+    return plan
 
 
 @functools.lru_cache(maxsize=64)
