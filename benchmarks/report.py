@@ -39,6 +39,8 @@ EXTRA_TABLES = [
      "python benchmarks/sharded_boost.py --out bench-out/sharded.md"),
     ("from_pretrained: lazy load against the library's own", "from_pretrained.md",
      "python benchmarks/from_pretrained.py --out bench-out/from_pretrained.md"),
+    ("Scale: one rank of 1 to 1,024 on the fake process group", "scale.md",
+     "python benchmarks/scale.py --out bench-out/scale.md"),
 ]  # fmt: skip
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run every benchmark and write docs/benchmarks.md and docs/benchmarks.png.
-#   bash benchmarks/run.sh                                # the full run (~60-80 min, 2 cores)
+#   bash benchmarks/run.sh                                # the full run (~70-90 min, 2 cores)
 #   bash benchmarks/run.sh --models llama-125m --repeats 1   # a quick check of the pipeline
 # Needs the main venv of README.md's set-up command (.venv, or MAIN_PYTHON=...); makes the peer
 # venv (.venv-peer: colossalai 0.5.0) on first use and adds matplotlib to both venvs.
@@ -30,5 +30,6 @@ unset PYTHONDONTWRITEBYTECODE
 "$PEER/bin/python" benchmarks/bench.py --env peer --out "$OUT" "$@"
 "$MAIN" benchmarks/sharded_boost.py --out "$OUT/sharded.md"
 "$MAIN" benchmarks/from_pretrained.py --out "$OUT/from_pretrained.md"
+"$MAIN" benchmarks/scale.py --out "$OUT/scale.md"
 "$MAIN" benchmarks/report.py --out "$OUT" --docs docs --elapsed "$(($(date +%s) - start))"
 echo "run.sh: done in $(($(date +%s) - start)) s"

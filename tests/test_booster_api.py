@@ -29,6 +29,7 @@ from dormant.booster.plugin import (
     TorchDDPPlugin,
     TorchFSDPPlugin,
 )
+from dormant.errors import DormantError
 
 pytest.importorskip("transformers")
 SEED = 2024
@@ -278,3 +279,83 @@ def test_prepare_dataloader_splits_the_dataset(tmp_path: Path) -> None:
     rank0, rank1 = run_ranks(scenario_dataloader, tmp_path)
     assert sorted(rank0["seen"] + rank1["seen"]) == list(range(20))
     assert len(rank0["seen"]) == len(rank1["seen"]) == 10
+
+
+def scenario_pipeline() -> dict[str, Any]:
+    """HybridParallelPlugin(pp_size=2): each rank keeps its stage, exactly, and trains it."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=4,
+                         num_attention_heads=2, num_key_value_heads=2, vocab_size=64,
+                         tie_word_embeddings=False)  # fmt: skip
+    ids = torch.randint(0, 64, (4, 8), generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(SEED)
+    eager = LlamaForCausalLM(config)
+    built = {k: v.clone() for k, v in eager.state_dict().items()}
+    eager_opt = torch.optim.SGD(eager.parameters(), lr=0.1)
+    eager_losses = []
+    for _ in range(2):
+        loss = eager(input_ids=ids, labels=ids).loss
+        loss.backward()
+        eager_opt.step()
+        eager_opt.zero_grad()
+        eager_losses.append(float(loss))
+    torch.manual_seed(SEED)
+    with LazyInitContext():
+        model = LlamaForCausalLM(config)
+    plugin = HybridParallelPlugin(tp_size=1, pp_size=2, precision="fp32", num_microbatches=2)
+    booster = Booster(plugin=plugin)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model, optimizer, *_ = booster.boost(model, optimizer)
+    state = {k: v.full_tensor().clone() for k, v in model.state_dict().items()}
+    losses = []
+    for _ in range(2):
+        out = booster.execute_pipeline(
+            iter([{"input_ids": ids, "labels": ids}]), model, lambda o, i: o.loss, optimizer
+        )
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(None if out["loss"] is None else float(out["loss"]))
+    tmp = os.environ["DORMANT_TEST_TMP"]
+    try:
+        booster.save_model(model, f"{tmp}/pp.pt")
+        refused = "no error"
+    except DormantError as e:
+        refused = str(e)
+    booster.save_model(model, f"{tmp}/pp-dcp", gather_dtensor=False)
+    torch.manual_seed(SEED + 1)
+    with LazyInitContext():
+        other = LlamaForCausalLM(config)
+    other_plugin = HybridParallelPlugin(tp_size=1, pp_size=2, precision="fp32")
+    other, *_ = Booster(plugin=other_plugin).boost(other)
+    booster.load_model(other, f"{tmp}/pp-dcp")
+    mine, theirs = model.state_dict(), other.state_dict()
+    return {
+        "refused": refused,
+        "roundtrip": all(torch.equal(mine[k].full_tensor(), theirs[k].full_tensor()) for k in mine),
+        "keys": sorted(state),
+        "not_equal": sorted(k for k in state if not torch.equal(state[k], built[k])),
+        "losses": losses,
+        "eager_losses": eager_losses,
+        "lazy_left": is_lazy(model),
+    }
+
+
+def test_pipeline_stages_hold_their_layers_exactly_and_train(tmp_path: Path) -> None:
+    first, last = run_ranks(scenario_pipeline, tmp_path)
+    layers = {
+        "first": {k.split(".")[2] for k in first["keys"] if ".layers." in k},
+        "last": {k.split(".")[2] for k in last["keys"] if ".layers." in k},
+    }
+    assert layers == {"first": {"0", "1"}, "last": {"2", "3"}}  # names of the whole model
+    assert "model.embed_tokens.weight" in first["keys"]
+    assert "model.embed_tokens.weight" not in last["keys"]
+    assert "lm_head.weight" in last["keys"] and "lm_head.weight" not in first["keys"]
+    for r in (first, last):
+        assert r["not_equal"] == [] and not r["lazy_left"]
+    assert first["losses"] == [None, None]
+    for r in (first, last):
+        assert "pass gather_dtensor=False" in r["refused"]
+        assert r["roundtrip"]
+    for got, want in zip(last["losses"], last["eager_losses"], strict=True):
+        assert math.isclose(got, want, rel_tol=1e-5), (last["losses"], last["eager_losses"])

@@ -50,14 +50,14 @@ def test_advance_composes_for_huge_counts() -> None:
         _mt19937.advance(state, -1)
 
 
-def test_blocks_are_the_generators_untempered_words() -> None:
+def test_temper_is_the_generators_output_transform() -> None:
+    # The grouped jump XORs tempered words: tempering is mt19937's, untempering its inverse.
     words, _ = _mt19937._read(torch.Generator().manual_seed(3).get_state())
-    walked = [words]
     bitgen = _mt19937._numpy_generator(words, _mt19937.N)
-    for _ in range(4):
-        bitgen.random_raw(_mt19937.N)  # regenerates once: the state holds the next block
-        walked.append(np.asarray(bitgen.state["state"]["key"], np.uint32))
-    assert np.array_equal(_mt19937._blocks(words, 5), np.concatenate(walked))
+    outputs = bitgen.random_raw(_mt19937.N).astype(np.uint32)  # regenerates once: the next block
+    following = np.asarray(bitgen.state["state"]["key"], np.uint32)
+    assert np.array_equal(_mt19937._temper(following), outputs)
+    assert np.array_equal(_mt19937._untemper(outputs), following)
 
 
 def test_advance_keeps_the_cached_normal() -> None:

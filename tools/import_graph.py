@@ -67,7 +67,7 @@ def cycle(edges: dict[str, set[str]]) -> list[str] | None:
 
 # What each module is for, one line each: the README's picture prints it beside the imports.
 ROLES = {
-    "booster": "Booster and plugins (DDP, FSDP2, DTensor TP)",
+    "booster": "Booster and plugins (DDP, FSDP2, TP, pipelines)",
     "cli": "the dormant command",
     "launch": "launch(): the process group",
     "checkpoint": "lazy reads from checkpoint files",

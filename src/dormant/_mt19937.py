@@ -17,6 +17,9 @@ The generator state that ``torch.Generator.get_state()`` returns (5056 bytes, se
 from __future__ import annotations
 
 import functools
+import itertools
+import threading
+from collections import Counter
 
 import numpy as np
 import torch
@@ -40,8 +43,9 @@ CHARPOLY = (
     19937,
 )  # fmt: skip
 # Below this many draws, drawing is faster than jumping: a draw costs nanoseconds a word, a
-# jump milliseconds (more to a distance not met before; figures: benchmarks/jump_cost.py).
-DRAW_BELOW = 1 << 20
+# jump about a millisecond ([Note: grouped jump]; more to a distance not met before): they
+# break even near 380K draws (figures: benchmarks/jump_cost.py).
+DRAW_BELOW = 3 << 17
 
 
 class _Layout:
@@ -72,9 +76,14 @@ def _write(state: torch.Tensor, words: np.ndarray, pos: int) -> torch.Tensor:
     return torch.from_numpy(raw)
 
 
+_BITGENS = threading.local()  # one numpy generator per thread, reused (making one costs more)
+
+
 def _numpy_generator(words: np.ndarray, pos: int) -> np.random.MT19937:
     # numpy's MT19937 keeps the same (block, pos) pair and regenerates at pos == 624, as torch.
-    bitgen = np.random.MT19937()
+    bitgen = getattr(_BITGENS, "mt19937", None)
+    if bitgen is None:
+        bitgen = _BITGENS.mt19937 = np.random.MT19937(0)
     bitgen.state = {"bit_generator": "MT19937", "state": {"key": words, "pos": pos}}
     return bitgen
 
@@ -92,17 +101,6 @@ def _untemper(y: np.ndarray) -> np.ndarray:
     return x
 
 
-def _blocks(words: np.ndarray, count: int) -> np.ndarray:
-    """The untempered sequence x_0 .. x_{624 * count - 1}, starting from block ``words``.
-
-    numpy's C mt19937 makes the later blocks (tempered); untempering them is a few vector ops.
-    """
-    out = np.empty(N * count, np.uint32)
-    out[:N] = words
-    out[N:] = _untemper(_numpy_generator(words, N).random_raw(N * (count - 1)).astype(np.uint32))
-    return out
-
-
 _POLY_MASK = (1 << DEGREE) - 1
 # The reversed polynomial B(x) = x^DEGREE P(1/x), as exponents (B(0) = 1).
 _REVERSED = tuple(sorted(DEGREE - e for e in CHARPOLY))
@@ -117,10 +115,54 @@ def _spread(v: int) -> int:
 
 def _correlate(v: int) -> int:
     """(w_j) -> (XOR_i B_i w_{i+j}), truncated to DEGREE coefficients."""
+    bases: dict[tuple[int, ...], int] = {(): v}
     acc = 0
-    for e in _REVERSED:
-        acc ^= v >> e
+    for steps, exponents in _correlate_plan():
+        base = bases.get(steps)
+        if base is None:  # one more step on a base made before (plans list prefixes first)
+            base = bases[steps[:-1]] ^ (bases[steps[:-1]] >> steps[-1])
+            bases[steps] = base
+        for e in exponents:
+            acc ^= base >> e
     return acc & _POLY_MASK
+
+
+_Plan = list[tuple[tuple[int, ...], tuple[int, ...]]]
+
+
+@functools.cache
+def _correlate_plan() -> _Plan:
+    """B's 135 exponents as (steps, exponents) groups, so that a correlation shifts ~40 times
+    instead of 135 (x^J mod P about 2x faster): with ``base = v`` XOR ``base >> d`` for each
+    step d in turn, ``base >> e`` stands for every e + (a subset sum of the steps). mt19937's
+    polynomial is full of pairs at distance 227 and its multiples (the recurrence reads the
+    word 227 ahead)."""
+
+    def pairs(exps: list[int], d: int) -> tuple[list[int], list[int]]:
+        left, firsts, used = set(exps), [], set[int]()
+        for e in exps:
+            if e not in used and e + d in left and e + d not in used:
+                firsts.append(e)
+                used.update((e, e + d))
+        return firsts, [e for e in exps if e not in used]
+
+    def split(exps: list[int], steps: tuple[int, ...], depth: int) -> _Plan:
+        gaps = Counter(b - a for a in exps for b in exps if b > a)
+        options = [(*pairs(exps, d), d) for d, _ in gaps.most_common(30)]
+        firsts, rest, d = max(options, key=lambda o: len(o[0]), default=([], exps, 0))
+        if depth == 0 or len(firsts) < 3:
+            return [(steps, tuple(exps))]
+        return split(firsts, (*steps, d), depth - 1) + split(rest, steps, depth - 1)
+
+    plan = sorted(split(list(_REVERSED), (), 3), key=lambda group: len(group[0]))
+    covered = sorted(
+        e + sum(d for d, bit in zip(steps, mask, strict=True) if bit)
+        for steps, exps in plan
+        for e in exps
+        for mask in itertools.product((0, 1), repeat=len(steps))
+    )
+    assert covered == list(_REVERSED), "correlation plan does not cover B exactly once"
+    return plan
 
 
 @functools.lru_cache(maxsize=64)
@@ -142,22 +184,62 @@ def _x_pow_mod(j: int) -> int:
     return _correlate(v)
 
 
+# [Note: grouped jump]
+# The block J words ahead is the XOR of the windows x_{1+i} .. x_{624+i} over the ~10,000 i where
+# q = x^(J-1) mod P has a 1: about 25 MB to XOR, which is what a jump costs. Instead, q's
+# coefficients are taken _GROUP at a time, and one table holds, for every combination c of
+# _GROUP consecutive windows and every start, their XOR (T[c][n] = XOR over r in c of
+# x_{1+n+r}): a group at i = _GROUP * g with bits c is the window T[c][i .. i+623], so a jump XORs
+# one window per non-zero group (DEGREE / _GROUP of them) plus the table's 2^_GROUP rows: about
+# half the bytes, ~1.7x faster. Tempering is linear over GF(2), so the XOR runs on the tempered
+# words numpy's C generator hands out and only the 624 results are untempered.
+_GROUP = 4
+_GROUPS = -(-DEGREE // _GROUP)
+_SPAN = (_GROUPS - 1) * _GROUP + N  # starts of table windows, plus one window
+
+
+@functools.lru_cache(maxsize=64)
+def _jump_groups(j: int) -> np.ndarray:
+    """Where the table windows of x^j mod P start in the flattened table, one per non-zero
+    group of _GROUP coefficients (see [Note: grouped jump])."""
+    q = _x_pow_mod(j)
+    raw = np.frombuffer(q.to_bytes(-(-_GROUPS * _GROUP // 8), "little"), np.uint8)
+    bits = np.unpackbits(raw, bitorder="little")[: _GROUPS * _GROUP].reshape(_GROUPS, _GROUP)
+    combos = (bits.astype(np.intp) << np.arange(_GROUP)).sum(axis=1)
+    groups = np.flatnonzero(combos)
+    return combos[groups] * _SPAN + groups * _GROUP
+
+
+def _temper(x: np.ndarray) -> np.ndarray:
+    """mt19937's output transform of untempered words ``x`` (inverse of :func:`_untemper`)."""
+    y = x ^ (x >> np.uint32(11))
+    y = y ^ ((y << np.uint32(7)) & np.uint32(0x9D2C5680))
+    y = y ^ ((y << np.uint32(15)) & np.uint32(0xEFC60000))
+    return y ^ (y >> np.uint32(18))
+
+
 def _block_ahead(words: np.ndarray, j: int) -> np.ndarray:
     """The block x_j .. x_{j+623} (j >= 1) of the sequence whose first block is ``words``.
 
     Only 31 bits of x_0 are not part of the generator's state (the twist reads just its top
     bit), so the recurrence holds from x_1 on: shift everything by one word.
     """
-    q = _x_pow_mod(j - 1)
-    raw = np.frombuffer(q.to_bytes(DEGREE // 8 + 1, "little"), np.uint8)
-    taps = np.flatnonzero(np.unpackbits(raw, bitorder="little")[:DEGREE])
-    windows = sliding_window_view(_blocks(words, DEGREE // N + 2)[1:], N)
+    starts = _jump_groups(j - 1)
+    count = -(-(_SPAN + _GROUP) // N)  # blocks of the sequence the table reads (x_1 on)
+    tempered = np.empty(N * count, np.uint32)
+    tempered[:N] = _temper(words)
+    tempered[N:] = _numpy_generator(words, N).random_raw(N * (count - 1))
+    table = np.empty((1 << _GROUP, _SPAN), np.uint32)
+    table[0] = 0
+    for r in range(_GROUP):  # rows [2^r, 2^(r+1)): the rows below, XOR the window at r
+        np.bitwise_xor(table[: 1 << r], tempered[1 + r : 1 + r + _SPAN], out=table[1 << r : 2 << r])
+    windows = sliding_window_view(table.reshape(-1), N)
     out = np.zeros(N, np.uint32)
     # 256 windows at a time: a 640 KB temporary that stays in cache; a larger one is a fresh
     # mmap per chunk, whose page faults cost more than the work.
-    for start in range(0, len(taps), 256):
-        out ^= np.bitwise_xor.reduce(windows[taps[start : start + 256]], axis=0)
-    return out
+    for start in range(0, len(starts), 256):
+        out ^= np.bitwise_xor.reduce(windows[starts[start : start + 256]], axis=0)
+    return _untemper(out)
 
 
 def advance(state: torch.Tensor, draws: int) -> torch.Tensor:

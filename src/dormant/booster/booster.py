@@ -182,9 +182,37 @@ class Booster:
             "model = peft.get_peft_model(model, LoraConfig(...)), then booster.boost(model, ...)"
         )
 
-    def execute_pipeline(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        """Not built: dormant has no pipeline plugin yet (``pp_size`` > 1 is refused)."""
-        raise DormantError(
-            "Booster.execute_pipeline needs a pipeline plugin, which dormant does not have yet: "
-            "run forward, booster.backward(loss, optimizer) and optimizer.step() instead"
+    def execute_pipeline(
+        self,
+        data_iter: Iterator[Any],
+        model: nn.Module,
+        criterion: Callable[[Any, Any], torch.Tensor],
+        optimizer: torch.optim.Optimizer | None = None,
+        return_loss: bool = True,
+        return_outputs: bool = False,
+    ) -> dict[str, Any]:
+        """Forward and backward of one batch through the pipeline stages
+        (``HybridParallelPlugin(pp_size > 1)``); then call ``optimizer.step()``.
+
+        ``next(data_iter)`` is a dict with ``input_ids`` (and ``labels``) or a pair
+        ``(input_ids, labels)``; ``criterion(outputs, inputs)`` gets outputs with ``logits``
+        and the model's own ``loss``, and inputs with ``labels``. Returns ``{"loss": ...,
+        "outputs": ...}``, the loss on the last stage (None on the others).
+
+        Example::
+
+            >>> criterion = lambda outputs, inputs: outputs.loss
+            >>> out = booster.execute_pipeline(it, model, criterion, opt)  # doctest: +SKIP
+            >>> opt.step()  # doctest: +SKIP
+        """
+        run = getattr(self.plugin, "execute_pipeline", None)
+        if run is None:
+            raise DormantError(
+                f"Booster.execute_pipeline needs HybridParallelPlugin(pp_size > 1), not "
+                f"{type(self.plugin).__name__}: run forward, booster.backward(loss, optimizer) "
+                "and optimizer.step() instead"
+            )
+        result: dict[str, Any] = run(
+            data_iter, model, criterion, optimizer, return_loss, return_outputs
         )
+        return result

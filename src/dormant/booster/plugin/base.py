@@ -123,8 +123,10 @@ class Plugin:
         if optimizer.state:
             raise DormantError("boost() expects an optimizer that has not stepped yet")
         current = dict(self.unwrap(model).named_parameters(remove_duplicate=False))
-        for group in optimizer.param_groups:
-            group["params"] = [current[names[id(p)]] for p in group["params"]]
+        for group in optimizer.param_groups:  # (a pipeline stage holds its own layers only)
+            group["params"] = [
+                current[n] for p in group["params"] if (n := names[id(p)]) in current
+            ]
         loss_scale = self.precision.loss_scale
         scaler = None
         if loss_scale is not None:
@@ -199,6 +201,12 @@ class Plugin:
         size_per_shard: int = 1024,
         use_safetensors: bool = False,
     ) -> None:
+        if gather_dtensor and getattr(self, "pp_mesh", None) is not None:
+            raise DormantError(
+                "each rank holds only its pipeline stage, so no rank can write the whole model: "
+                "pass gather_dtensor=False (a torch.distributed.checkpoint folder that every "
+                "stage writes its part of)"
+            )
         checkpoint_io.save_model(
             self.unwrap(model),
             checkpoint,

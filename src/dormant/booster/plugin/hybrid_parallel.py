@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import torch
+from torch import nn
 from torch.distributed.tensor.parallel import ParallelStyle
 
 from ...errors import DormantError
 from ..precision import LossScale
 from .base import no_effect
+from .pipeline import PipelineRunner
 from .sharding import Sharding
 from .torch_fsdp import ShardedPlugin
 
@@ -53,9 +57,12 @@ class HybridParallelPlugin(ShardedPlugin):
     their transformers config, BERT and GPT-2 built in), then FSDP2 shards across ``dp``. ZeRO
     stage 3 reshards parameters after forward; stages 0, 1 and 2 keep them gathered until
     backward. Arguments follow the API dormant follows (``precision="fp16"`` by default, loss
-    scaling, ``max_norm``). ``pp_size`` > 1 is refused (pipeline stages are not built yet);
-    microbatching, sequence parallelism, fused kernels and bucket settings have no effect
-    (logged when changed).
+    scaling, ``max_norm``). ``pp_size`` > 1 splits a Llama-family decoder into that many stages
+    (each rank keeps and computes only its stage's layers, exactly) and trains it with
+    :meth:`~dormant.booster.Booster.execute_pipeline` on a GPipe schedule of
+    ``num_microbatches`` (default ``pp_size``); it is not combined with ``tp_size`` > 1 yet.
+    Sequence parallelism, fused kernels and bucket settings have no effect (logged when
+    changed).
 
     Example::
 
@@ -89,11 +96,10 @@ class HybridParallelPlugin(ShardedPlugin):
             raise TypeError(f"HybridParallelPlugin() got unexpected keyword arguments: {unknown}")
         if zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {zero_stage}")
-        if pp_size != 1:
+        if pp_size > 1 and microbatch_size is not None:
             raise DormantError(
-                f"HybridParallelPlugin(pp_size={pp_size}) is not supported yet: split the model "
-                "into stages yourself (keep each stage's layers, delete the others), then "
-                "dormant.materialize(model) computes only the stage's own layers"
+                "HybridParallelPlugin(microbatch_size=...): pass num_microbatches instead (the "
+                "batch is split into that many microbatches)"
             )
         if kwargs.get("use_fp8") or kwargs.get("fp8_communication"):
             raise DormantError(
@@ -102,9 +108,9 @@ class HybridParallelPlugin(ShardedPlugin):
             )
         no_effect(
             "HybridParallelPlugin",
-            {**kwargs, "num_microbatches": num_microbatches, "microbatch_size": microbatch_size},
-            {**_NO_EFFECT_DEFAULTS, "num_microbatches": None, "microbatch_size": None},
-            "there is no pipeline, sequence parallelism or fused kernel to configure",
+            kwargs,
+            _NO_EFFECT_DEFAULTS,
+            "there is no sequence parallelism, fused kernel or bucket to configure",
         )
         scale = LossScale(
             initial_scale, growth_factor, backoff_factor, growth_interval, hysteresis, min_scale,
@@ -113,6 +119,31 @@ class HybridParallelPlugin(ShardedPlugin):
         super().__init__(precision, max_norm, 2.0, scale)
         self.tp_size = tp_size
         self.zero_stage = zero_stage
+        self.pp_size = pp_size
+        self.num_microbatches = num_microbatches or pp_size
         self.sharding = Sharding(
-            reshard_after_forward=zero_stage == 3, tp_size=tp_size, tp_plan=tp_plan
+            reshard_after_forward=zero_stage == 3, tp_size=tp_size, pp_size=pp_size, tp_plan=tp_plan
         )
+        self._runners: dict[int, PipelineRunner] = {}
+
+    def execute_pipeline(
+        self,
+        data_iter: Iterator[Any],
+        model: nn.Module,
+        criterion: Callable[[Any, Any], torch.Tensor],
+        optimizer: torch.optim.Optimizer | None = None,
+        return_loss: bool = True,
+        return_outputs: bool = False,
+    ) -> dict[str, Any]:
+        if self.pp_mesh is None:
+            raise DormantError(
+                "execute_pipeline needs a model boosted with HybridParallelPlugin(pp_size > 1): "
+                "without pipeline stages, run forward, booster.backward and optimizer.step"
+            )
+        runner = self._runners.get(id(model))
+        if runner is None:
+            stage = self.pp_mesh.get_local_rank()
+            group = self.pp_mesh.get_group()
+            runner = PipelineRunner(model, stage, self.pp_size, group, self.num_microbatches)
+            self._runners[id(model)] = runner
+        return runner.run(data_iter, criterion, optimizer, return_loss, return_outputs)

@@ -26,6 +26,7 @@ from ..._placement import fill_local, to_empty, to_meta
 from ..._spmd import check_same_program
 from ...errors import DormantError
 from ..precision import Precision
+from .pipeline import split_stage
 from .tp_plans import check_plan_matches, plan_for
 
 _log = logging.getLogger("dormant")
@@ -55,6 +56,7 @@ class Sharding:
     output_dtype: torch.dtype | None = None
     reduce_dtype: torch.dtype | None = None
     tp_size: int = 1
+    pp_size: int = 1
     tp_plan: dict[str, ParallelStyle] | None = None
     replicate_size: int = 1
     wrap: Callable[[nn.Module], bool] | None = None
@@ -73,16 +75,26 @@ class Sharding:
         return kwargs
 
 
-def shard(model: nn.Module, sharding: Sharding) -> nn.Module:
+def shard(model: nn.Module, sharding: Sharding) -> DeviceMesh | None:
     """Shard ``model`` (lazy, partly lazy or real) as ``sharding`` says, each rank computing
-    only its own shards (see [Note: sharded materialization] in ``_placement.py``)."""
+    only its own shards (see [Note: sharded materialization] in ``_placement.py``).
+
+    Returns the pipeline dimension of the mesh when ``pp_size`` > 1 (each rank then holds only
+    its stage, see ``pipeline.py``), else None.
+    """
     world = dist.get_world_size()
-    tp, replicate = sharding.tp_size, sharding.replicate_size
-    if tp < 1 or world % (tp * replicate):
+    tp, replicate, pp = sharding.tp_size, sharding.replicate_size, sharding.pp_size
+    if tp < 1 or pp < 1 or world % (tp * replicate * pp):
+        sizes = f"tp_size={tp}" + (f" x pp_size={pp}" if pp > 1 else "")
         raise DormantError(
-            f"tp_size={tp} does not divide the world size {world}: choose a divisor of {world}"
+            f"{sizes} does not divide the world size {world}: choose a divisor of {world}"
         )
-    dp = world // tp
+    if sum(n > 1 for n in (tp, replicate, pp)) > 1:
+        raise DormantError(
+            "combining two of tensor parallelism, pipeline stages and replicated shard groups "
+            "(HSDP) is not supported yet: choose one of tp_size, pp_size, HSDP"
+        )
+    dp = world // (tp * pp)
     plan = sharding.tp_plan
     if plan is None:  # tp_size=1 splits nothing: any model boosts, with or without a known plan
         plan = plan_for(model) if tp > 1 else {}
@@ -90,13 +102,12 @@ def shard(model: nn.Module, sharding: Sharding) -> nn.Module:
     # after check_same_program: ranks agree on the model, so all raise here or none does
     check_plan_matches(model, plan)
     device = "cpu" if sharding.offload else device_type()
-    tp_mesh = None
-    if tp > 1 and replicate > 1:
-        raise DormantError(
-            "replicated shard groups (HSDP) with tensor parallelism are not supported yet: use "
-            "tp_size=1 with HSDP, or tensor parallelism with plain FSDP"
-        )
-    if tp > 1:
+    tp_mesh = pp_mesh = None
+    if pp > 1:  # each rank keeps its stage's layers, then FSDP2 shards them over the stage's dp
+        mesh = init_device_mesh(device_type(), (pp, dp), mesh_dim_names=("pp", "dp"))
+        pp_mesh, dp_mesh = mesh["pp"], mesh["dp"]
+        split_stage(model, pp_mesh.get_local_rank(), pp)
+    elif tp > 1:
         mesh = init_device_mesh(device_type(), (dp, tp), mesh_dim_names=("dp", "tp"))
         dp_mesh, tp_mesh = mesh["dp"], mesh["tp"]
     elif replicate > 1:  # HSDP: FSDP2 replicates over the first mesh dim, shards over the second
@@ -118,7 +129,7 @@ def shard(model: nn.Module, sharding: Sharding) -> nn.Module:
         fully_shard(model, **kwargs)
     for name in scalars:
         model.get_parameter(name).register_post_accumulate_grad_hook(_averaged_over(dp_mesh))
-    return model
+    return pp_mesh
 
 
 def _averaged_over(mesh: DeviceMesh) -> Callable[[torch.Tensor], None]:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule
 
 from ...errors import DormantError
@@ -33,6 +34,7 @@ class ShardedPlugin(Plugin):
     set ``self.sharding`` from their arguments."""
 
     sharding = Sharding()
+    pp_mesh: DeviceMesh | None = None
 
     def configure_model(self, model: nn.Module) -> nn.Module:
         require_process_group(self)
@@ -40,7 +42,9 @@ class ShardedPlugin(Plugin):
         if replicate < 0:  # HSDP: one replica per node, sharded within the node
             local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.get_world_size()))
             replicate = dist.get_world_size() // local
-        shard(model, replace(self.sharding, precision=self.precision, replicate_size=replicate))
+        self.pp_mesh = shard(
+            model, replace(self.sharding, precision=self.precision, replicate_size=replicate)
+        )
         mark_boosted(model)
         return model
 
