@@ -68,6 +68,46 @@ def _plugin(name: str, **kwargs: Any) -> Callable[[], Any]:
     return make
 
 
+def _user_fsdp(model: nn.Module) -> nn.Module:
+    """The user's own FSDP2 (torchtitan's recipe), then ``dormant.materialize``."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    import dormant
+
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    for block in model.model.layers:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return dormant.materialize(model)
+
+
+def _user_tp_fsdp(model: nn.Module) -> nn.Module:
+    """The user's own tensor parallelism on 2 ranks times FSDP2 on the rest (a 2-D mesh)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        RowwiseParallel,
+        parallelize_module,
+    )
+
+    import dormant
+
+    mesh = init_device_mesh("cpu", (dist.get_world_size() // 2, 2), mesh_dim_names=("dp", "tp"))
+    plan = {"self_attn.q_proj": ColwiseParallel(), "self_attn.k_proj": ColwiseParallel(),
+            "self_attn.v_proj": ColwiseParallel(), "self_attn.o_proj": RowwiseParallel(),
+            "mlp.gate_proj": ColwiseParallel(), "mlp.up_proj": ColwiseParallel(),
+            "mlp.down_proj": RowwiseParallel()}  # fmt: skip
+    for block in model.model.layers:
+        parallelize_module(block, mesh["tp"], plan)
+        fully_shard(block, mesh=mesh["dp"])
+    fully_shard(model, mesh=mesh["dp"])
+    return dormant.materialize(model)
+
+
 @dataclass(frozen=True)
 class Layout:
     """A way of sharding a lazy model: ``shard(model)`` runs on each rank under an initialized
@@ -78,9 +118,11 @@ class Layout:
     replicated: bool = False  # every rank holds every tensor whole
 
 
-# One entry per layout; the user-sharded ones (the user's own fully_shard, TP, 2-D, HSDP,
-# pipeline splits, then materialize) belong here too.
+# One entry per layout: the Booster's plugins, and the user's own sharding code followed by
+# dormant.materialize.
 LAYOUTS = [
+    Layout("user_fsdp", _user_fsdp),
+    Layout("user_tp_fsdp", _user_tp_fsdp),
     Layout("fsdp", _boost(_plugin("TorchFSDPPlugin"))),
     Layout("zero2", _boost(_plugin("LowLevelZeroPlugin", stage=2))),
     Layout("gemini", _boost(_plugin("GeminiPlugin"))),
