@@ -4,6 +4,8 @@ every tensor and the generator state bit for bit."""
 
 from __future__ import annotations
 
+import dataclasses
+import types
 from collections.abc import Callable
 
 import pytest
@@ -11,7 +13,7 @@ import torch
 from helpers import assert_same
 from torch import nn
 
-from dormant import LazyInitContext, materialize
+from dormant import LazyInitContext, is_lazy, materialize
 
 
 def _pair(
@@ -31,7 +33,7 @@ def _pair(
     return eager, lazy
 
 
-# --- inits applied after the context -------------------------------------------------------------
+# --- inits applied after the context --------------------------------------------------------------
 
 _INITS_AFTER: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module], object]]] = {
     # ops whose draw count is only known by running them
@@ -51,3 +53,106 @@ def test_inits_after_the_context_equal_eager(case: str) -> None:
     eager, lazy = _pair(ctor, init)
     materialize(lazy)
     assert_same(eager, lazy)
+
+
+# --- hooks, gradients and attributes set on lazy parameters ---------------------------------------
+
+
+def _train_step(m: nn.Module) -> list[torch.Tensor | None]:
+    m(torch.ones(3, 4)).pow(2).sum().backward()
+    return [p.grad for p in m.parameters()]
+
+
+def test_gradient_hooks_on_lazy_parameters_are_kept() -> None:
+    def build_and_hook(calls: list[str]) -> Callable[[nn.Module], object]:
+        def hook(m: nn.Module) -> None:
+            m.weight.register_hook(lambda g: g * 2)  # changes the gradient accumulated
+            m.bias.register_post_accumulate_grad_hook(lambda p: calls.append("post"))
+            handle = m.bias.register_hook(lambda g: calls.append("removed"))  # type: ignore[func-returns-value]
+            handle.remove()
+
+        return hook
+
+    class Hooked(nn.Module):  # a hook registered in model code, inside the context
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+            self.lin.weight.register_hook(lambda g: g + 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lin(x)
+
+    eager_calls: list[str] = []
+    lazy_calls: list[str] = []
+    eager, _ = _pair(lambda: nn.Linear(4, 4), build_and_hook(eager_calls))
+    _, lazy = _pair(lambda: nn.Linear(4, 4), build_and_hook(lazy_calls))
+    materialize(lazy)
+    for e, x in zip(_train_step(eager), _train_step(lazy)):
+        assert e is not None and x is not None and torch.equal(e, x)
+    assert lazy_calls == eager_calls == ["post"]
+    eager, lazy = _pair(Hooked)
+    materialize(lazy)
+    for e, x in zip(_train_step(eager), _train_step(lazy)):
+        assert e is not None and x is not None and torch.equal(e, x)
+
+
+def test_gradients_and_tensor_attributes_of_lazy_parameters_survive() -> None:
+    def set_grads(m: nn.Module) -> None:
+        m.weight.grad = torch.full((4, 4), 0.5)  # real
+        m.bias.grad = torch.ones_like(m.bias)  # lazy outside the context, real in eager
+        m.weight.main_grad = torch.zeros_like(m.weight)  # Megatron's habit
+        m.weight.scale = torch.ones(1)
+
+    eager, lazy = _pair(lambda: nn.Linear(4, 4), set_grads)
+    grad = lazy.bias.grad
+    assert is_lazy(lazy)
+    materialize(lazy)
+    assert not is_lazy(lazy)
+    assert_same(eager, lazy)  # grads and attributes are compared too
+    assert lazy.bias.grad is grad and type(grad) is torch.Tensor
+    for name in ("main_grad", "scale"):
+        assert type(getattr(lazy.weight, name)) is torch.Tensor
+        assert torch.equal(getattr(lazy.weight, name), getattr(eager.weight, name))
+    torch.optim.SGD(lazy.parameters(), lr=1.0).step()  # the step sees the gradients
+    torch.optim.SGD(eager.parameters(), lr=1.0).step()
+    assert_same(eager, lazy)
+
+
+# --- tensors held in nested containers ------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Holder:
+    t: torch.Tensor
+    more: list[torch.Tensor]
+
+
+@dataclasses.dataclass(slots=True)
+class _Slotted:
+    t: torch.Tensor
+
+
+class _Nested(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.table = {"a": {"b": torch.randn(3)}, "c": [(torch.randn(2), self.lin.weight[0])]}
+        self.dc = _Holder(torch.randn(2), [torch.rand(2)])
+        self.slotted = _Slotted(torch.arange(3.0))
+        self.ns = types.SimpleNamespace(
+            t=torch.randn(2), inner=types.SimpleNamespace(u=torch.ones(1))
+        )
+        self.cycle: list[object] = [torch.zeros(1)]
+        self.cycle.append(self.cycle)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x) + self.table["a"]["b"].sum() + self.ns.inner.u
+
+
+def test_tensors_in_nested_containers_are_materialized() -> None:
+    eager, lazy = _pair(_Nested)
+    assert is_lazy(lazy)
+    materialize(lazy)
+    assert not is_lazy(lazy)
+    assert_same(eager, lazy)  # every nested tensor, by its path
+    assert type(lazy(torch.ones(1, 4))) is torch.Tensor

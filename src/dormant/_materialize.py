@@ -48,9 +48,10 @@ def materialize(
 
     Values are bit for bit those of eager construction from the same RNG state, in any order of
     materialization (one submodule at a time works too). Parameters, buffers and tensors held as
-    plain attributes (also in lists and dicts) keep their identity: tied weights stay tied and
-    references taken earlier stay valid. Generators' states are left as they were. Calling it on
-    a module with nothing lazy does nothing.
+    plain attributes (also in nested lists, tuples, dicts, sets, dataclasses and namespaces, and
+    a parameter's ``.grad`` and tensor attributes) keep their identity: tied weights stay tied
+    and references taken earlier stay valid; gradient hooks stay registered. Generators'
+    states are left as they were. Calling it on a module with nothing lazy does nothing.
 
     Args:
         module: the module to materialize, in place.

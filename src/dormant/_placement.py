@@ -9,10 +9,12 @@ real values.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import torch
@@ -42,42 +44,73 @@ class Slot(NamedTuple):  # a tuple: made once per tensor at every scan of a mode
 
 
 def module_tensors(module: nn.Module) -> Iterator[Slot]:
-    """Every tensor a module holds, tied ones once per place they are held."""
+    """Every tensor a module holds, tied ones once per place they are held; and every tensor
+    those carry (``p.grad``, ``p.main_grad``), named after them."""
     for prefix, mod in module.named_modules(remove_duplicate=True):
         dot = f"{prefix}." if prefix else ""
         for name, p in mod._parameters.items():
             if p is not None:
                 yield Slot(dot + name, SlotKind.PARAMETER, p)
+                yield from _carried(dot + name, p)
         for name, b in mod._buffers.items():
             if b is not None:
                 yield Slot(dot + name, SlotKind.BUFFER, b)
+                yield from _carried(dot + name, b)
         for name, value in vars(mod).items():
             if name in _MODULE_OWN:
                 continue
             # Most attributes hold neither a tensor nor a container: no generator for them. By
             # type: isinstance would also ask an object for ``__class__``, and a transformers
             # config answers that through its own Python ``__getattribute__``.
-            if issubclass(type(value), _HOLDERS):
-                yield from _attribute_tensors(dot + name, value)
+            kind = type(value)
+            if issubclass(kind, _HOLDERS) or hasattr(kind, "__dataclass_fields__"):
+                yield from _attribute_tensors(dot + name, value, set())
 
 
-_HOLDERS = (torch.Tensor, list, tuple, dict)
+_HOLDERS = (torch.Tensor, list, tuple, dict, set, frozenset, SimpleNamespace)
 # What every nn.Module keeps for itself (registries and hook dicts, a dozen dicts per module):
 # parameters and buffers are read above, hooks hold no tensors.
 _MODULE_OWN = frozenset(vars(nn.Module()))
 
 
-def _attribute_tensors(name: str, value: object) -> Iterator[Slot]:
+def _carried(name: str, t: torch.Tensor) -> Iterator[Slot]:
+    """Tensors a tensor carries: its gradient (a leaf's only: reading a non-leaf's warns) and
+    tensors set as its attributes (Megatron's ``main_grad``)."""
+    if t.is_leaf and (grad := t.grad) is not None:
+        yield Slot(f"{name}.grad", SlotKind.ATTRIBUTE, grad)
+    for key, value in t.__dict__.items():
+        if key not in INTERNAL_ATTRS and isinstance(value, torch.Tensor):
+            yield Slot(f"{name}.{key}", SlotKind.ATTRIBUTE, value)
+
+
+def _attribute_tensors(name: str, value: object, seen: set[int]) -> Iterator[Slot]:
+    """Tensors held in an attribute, however deep in containers (lists, tuples, dicts, sets,
+    dataclasses, namespaces); ``seen`` guards against cycles."""
     if isinstance(value, torch.Tensor):
         yield Slot(name, SlotKind.ATTRIBUTE, value)
+        yield from _carried(name, value)
+        return
+    if id(value) in seen:
+        return
+    seen.add(id(value))
+    items: Iterable[tuple[str, object]]
+    if isinstance(value, dict):
+        items = ((f"[{key!r}]", item) for key, item in value.items())
     elif isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            if isinstance(item, torch.Tensor):
-                yield Slot(f"{name}[{i}]", SlotKind.ATTRIBUTE, item)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            if isinstance(item, torch.Tensor):
-                yield Slot(f"{name}[{key!r}]", SlotKind.ATTRIBUTE, item)
+        items = ((f"[{i}]", item) for i, item in enumerate(value))
+    elif isinstance(value, (set, frozenset)):
+        items = ((f"{{{i}}}", item) for i, item in enumerate(value))
+    elif isinstance(value, SimpleNamespace):
+        items = ((f".{key}", item) for key, item in vars(value).items())
+    elif dataclasses.is_dataclass(value):
+        # (``fields()``, not ``vars()``: a slotted dataclass has no ``__dict__``)
+        items = ((f".{f.name}", getattr(value, f.name, None)) for f in dataclasses.fields(value))
+    else:
+        return
+    for suffix, item in items:
+        kind = type(item)
+        if issubclass(kind, _HOLDERS) or hasattr(kind, "__dataclass_fields__"):
+            yield from _attribute_tensors(name + suffix, item, seen)
 
 
 def install(
@@ -90,6 +123,13 @@ def install(
         tensors.values(), key=lambda item: (item[1]._base is None, item[1].grad_fn is None)
     )
     done: list[str] = []
+    # Gradients live in the C++ tensor that the swap replaces: taken off first (a lazy one is
+    # installed in place like any tensor, and must not be held by another), set back at the end.
+    grads: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for _, t in order:
+        if t.is_leaf and (grad := t.grad) is not None:
+            grads.append((t, grad))
+            t.grad = None
     for name, t in order:
         storage = t._lazy_storage
         real = view_of(values[id(storage)], t._meta)
@@ -104,6 +144,7 @@ def install(
         try:
             _swap(t, new)
             del new  # now the lazy shell: drop it, and the references it held, at once
+            _rehook(t)
         except RuntimeError as e:
             raise MaterializationError(
                 f"could not materialize {name!r} in place: {e}. Something else holds a "
@@ -117,6 +158,19 @@ def install(
         # share it, as views do in eager.
         storage.cache, storage.cache_version = values[id(storage)], storage.version
         done.append(name)
+    for held, grad in grads:
+        held.grad = grad
+
+
+def _rehook(t: torch.Tensor) -> None:
+    """Gradient hooks registered while ``t`` was lazy (``register_hook``,
+    ``register_post_accumulate_grad_hook``): their dicts stay with the Python object, but the
+    swap left them registered on the lazy C++ tensor; setting them again registers them on the
+    real one (the same dicts, so the handles still remove them)."""
+    if (hooks := t._backward_hooks) is not None:
+        t._backward_hooks = hooks
+    if (post := t._post_accumulate_grad_hooks) is not None:
+        t._post_accumulate_grad_hooks = post
 
 
 def _swap(t: torch.Tensor, new: torch.Tensor) -> None:
