@@ -4,9 +4,10 @@ every tensor and the generator state bit for bit."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -156,3 +157,63 @@ def test_tensors_in_nested_containers_are_materialized() -> None:
     assert not is_lazy(lazy)
     assert_same(eager, lazy)  # every nested tensor, by its path
     assert type(lazy(torch.ones(1, 4))) is torch.Tensor
+
+
+# --- the caller's modes do not reach replay ------------------------------------------------------
+
+
+class _ComputedBuffers(nn.Module):
+    """Buffers computed at init by ops that autocast, inference mode and the default dtype
+    change: matmul, integer true division, softmax, orthogonal_'s QR."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.register_buffer("gram", self.lin.weight @ self.lin.weight.T)
+        self.register_buffer("steps", torch.arange(5) / 3)
+        self.register_buffer("soft", torch.softmax(torch.randn(4), 0))
+        self.conv = nn.Conv2d(2, 2, 3)
+        nn.init.orthogonal_(self.conv.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x)
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(saved)
+
+
+_CALLER_MODES: dict[str, Callable[[], contextlib.AbstractContextManager[object]]] = {
+    "autocast bf16": lambda: torch.autocast("cpu", dtype=torch.bfloat16),
+    "autocast fp16": lambda: torch.autocast("cpu", dtype=torch.float16),
+    "inference_mode": torch.inference_mode,
+    "no_grad": torch.no_grad,
+    "set_grad_enabled(False)": lambda: torch.set_grad_enabled(False),
+    "default dtype float64": lambda: _default_dtype(torch.float64),
+    "default device meta": lambda: torch.device("meta"),
+}
+
+
+@pytest.mark.parametrize("mode", sorted(_CALLER_MODES))
+def test_materialize_under_a_caller_mode_gives_eager_values(mode: str) -> None:
+    eager, lazy = _pair(_ComputedBuffers)
+    with _CALLER_MODES[mode]():
+        materialize(lazy)
+    assert_same(eager, lazy)
+    assert not any(t.is_inference() for t in lazy.state_dict().values())
+    _train_step(lazy)  # trains: normal tensors, not inference ones
+    assert all(p.grad is not None for p in lazy.lin.parameters())
+
+
+def test_a_model_built_under_another_default_dtype_keeps_it() -> None:
+    with _default_dtype(torch.float64):
+        eager, lazy = _pair(_ComputedBuffers)
+    materialize(lazy)
+    assert lazy.steps.dtype == torch.float64
+    assert_same(eager, lazy)

@@ -153,6 +153,7 @@ class Node:
     __slots__ = (
         "__weakref__",
         "_label",
+        "default_dtype",
         "flat_args",
         "op",
         "reads",
@@ -176,6 +177,9 @@ class Node:
         self.reads: Sequence[TensorRef] = ()  # set once, when the node reads anything
         self.writes: list[Write] = []
         self.rng: Any = None  # an ``_rng.RngStep`` for ops that draw random numbers
+        # ``torch.get_default_dtype()`` when recorded, if not float32: it decides the result of
+        # ``int_tensor / 3`` (see ``_record._add_node``).
+        self.default_dtype: torch.dtype | None = None
         self._label = label
 
     @property

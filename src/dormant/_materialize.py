@@ -115,7 +115,8 @@ def _materialize(
         values = _replay.compute(storages, progress=progress, stats=stats, threads=threads)
         report.ops_replayed, report.random_ops = stats.ops, stats.random_ops
         report.threads = stats.threads
-        install(lazy, values)
+        with torch.inference_mode(False):  # normal tensors, whatever mode the caller is in
+            install(lazy, values)
         del values, lazy
     report.seconds = time.perf_counter() - start
     return report

@@ -795,6 +795,10 @@ def _add_node(
     written_storages = {id(t._lazy_storage) for t, _ in written.values()}
 
     node = Node(func, [], layout.spec)
+    if (default_dtype := torch.get_default_dtype()) is not torch.float32:
+        # Type promotion (``int_tensor / 3``) reads it; replay runs each op under the one it was
+        # recorded under, not the caller's. Ops of the fast paths never promote.
+        node.default_dtype = default_dtype
     shape_only = op.shape_only
     reads: list[TensorRef] = []
     for i, x in enumerate(flat):

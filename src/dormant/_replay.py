@@ -26,7 +26,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from . import _rng
 from ._graph import NO_ARGS, Constant, LazyStorage, Node, TensorRef, view_of
 from ._plan import COPY, Plan, plan
-from ._session import real_execution
+from ._session import default_dtype, real_execution
 from .errors import DormantError, MaterializationError
 
 
@@ -252,7 +252,8 @@ class _Execution:
         self._start_from_caches()
         bar = progress_bar(len(self.plan.nodes), progress)
         try:
-            with real_execution():
+            # The default dtype recorded ops saw (float32 unless a node says otherwise).
+            with real_execution(), default_dtype(torch.float32):
                 _resolve_positions(self.plan.nodes)
                 for s in list(self.targets.values()):
                     if self.version_now.get(id(s)) == s.version:
@@ -273,7 +274,9 @@ class _Execution:
         on_cpu = all(s.device.type == "cpu" for s in self.plan.storages.values()) and all(
             node.rng is None or node.rng.device.type == "cpu" for node, _ in self.plan.nodes
         )
-        if self.threads <= 1 or not on_cpu:
+        # (the default dtype is one per process: a node run under its own needs one thread)
+        own_dtype = any(node.default_dtype is not None for node, _ in self.plan.nodes)
+        if self.threads <= 1 or not on_cpu or own_dtype:
             return [self.plan.nodes]
         return _batches(self.plan.nodes, self.threads)
 
@@ -387,6 +390,13 @@ class _Execution:
             if self.uses.get(key, 0) == 0:
                 self.values.pop(key, None)
 
+    @staticmethod
+    def _call(node: Node, args: Any, kwargs: dict[str, Any], lane: _Lane) -> Any:
+        if node.rng is None:
+            return node.op(*args, **kwargs)
+        with lane.generators.placed(node, kwargs) as op:
+            return op(*args, **kwargs)
+
     def _execute(self, node: Node, real: bool, lane: _Lane) -> None:
         if real and self._move_instead_of_copy(node):
             out = None
@@ -397,11 +407,11 @@ class _Execution:
                 args = [self._value(node, x, real, lane) for x in node.flat_args]
                 call_args, call_kwargs = tree_unflatten(args, node.spec)
             try:
-                if node.rng is None:
-                    out = node.op(*call_args, **call_kwargs)
+                if node.default_dtype is not None:
+                    with default_dtype(node.default_dtype):
+                        out = self._call(node, call_args, call_kwargs, lane)
                 else:
-                    with lane.generators.placed(node, call_kwargs) as op:
-                        out = op(*call_args, **call_kwargs)
+                    out = self._call(node, call_args, call_kwargs, lane)
             except DormantError:
                 raise  # already says what happened (a checkpoint file that changed)
             except Exception as e:
