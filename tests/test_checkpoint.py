@@ -370,3 +370,31 @@ def test_lazy_load_peaks_near_the_model_size(tmp_path: Path) -> None:
     # lazily the model is filled tensor by tensor. RSS also counts the file pages being read.
     assert lazy < 1.5 * model_bytes, f"lazy load peak {lazy / 2**20:.0f} MiB"
     assert lazy < 0.75 * eager, f"lazy {lazy / 2**20:.0f} MiB, eager {eager / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "torch"])
+def test_both_names_of_a_tied_weight_with_different_values_are_an_error(
+    fmt: str, tmp_path: Path
+) -> None:
+    state = dict(source_state())
+    state["head.weight"] = state["embed.weight"] + 1  # untied in the file
+    if fmt == "safetensors":
+        save_file(state, tmp_path / "model.safetensors")
+        path = tmp_path / "model.safetensors"
+    else:
+        torch.save(state, tmp_path / "model.pt")
+        path = tmp_path / "model.pt"
+    torch.manual_seed(0)
+    with LazyInitContext():
+        model = Net()
+    with pytest.raises(CheckpointError, match=r"'embed\.weight' and 'head\.weight'.*tied"):
+        load_checkpoint(model, path)
+    materialize(model)
+    torch.manual_seed(0)
+    assert_same(Net(), model)  # nothing was loaded
+    # The same values under both names load, as one tensor.
+    state["head.weight"] = state["embed.weight"]
+    save_file({k: v.clone() for k, v in state.items()}, tmp_path / "same.safetensors")
+    load_checkpoint(model, tmp_path / "same.safetensors")
+    assert torch.equal(model.head.weight, state["embed.weight"])
+    assert model.head.weight is model.embed.weight

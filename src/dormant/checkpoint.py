@@ -150,6 +150,7 @@ def load_checkpoint(
             unexpected,
             mismatched,
         )
+    _check_ties(source, targets, entries)
     result = LoadResult(missing=missing, unexpected=unexpected)
     with torch.no_grad():
         for key in sorted(targets.keys() & entries.keys()):
@@ -158,6 +159,28 @@ def load_checkpoint(
             result.loaded.append(key)
     result.loaded = sorted(result.loaded + tied)
     return result
+
+
+def _check_ties(
+    source: object, targets: dict[str, torch.Tensor], entries: dict[str, _Entry]
+) -> None:
+    """Both names of a tied weight in the checkpoint must hold one value: which one a loader
+    keeps is an accident of key order (``load_state_dict`` keeps the last)."""
+    names: dict[int, list[str]] = {}
+    for key in sorted(targets.keys() & entries.keys()):
+        names.setdefault(id(targets[key]), []).append(key)
+    for keys in names.values():
+        if len(keys) < 2:
+            continue
+        first = entries[keys[0]].read()
+        for other in keys[1:]:
+            if not torch.equal(first, entries[other].read()):
+                raise CheckpointError(
+                    f"checkpoint {source} holds different values for {keys[0]!r} and {other!r}, "
+                    "which are one tied tensor in the model; nothing was loaded. Save the "
+                    "checkpoint from a model with the same ties, or drop the key you do not want",
+                    key=other,
+                )
 
 
 def _describe(
