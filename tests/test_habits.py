@@ -14,7 +14,7 @@ import torch
 from helpers import assert_same
 from torch import nn
 
-from dormant import LazyInitContext, is_lazy, materialize
+from dormant import DormantError, LazyInitContext, UnsupportedOpError, is_lazy, materialize
 
 
 def _pair(
@@ -217,3 +217,50 @@ def test_a_model_built_under_another_default_dtype_keeps_it() -> None:
     materialize(lazy)
     assert lazy.steps.dtype == torch.float64
     assert_same(eager, lazy)
+
+
+# --- meta-device habits --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("include_buffers", [False, True])
+def test_accelerate_init_empty_weights_around_the_context_is_a_clear_error(
+    include_buffers: bool,
+) -> None:
+    accelerate = pytest.importorskip("accelerate")
+    torch.manual_seed(0)
+    with (
+        accelerate.init_empty_weights(include_buffers=include_buffers),
+        pytest.raises(DormantError, match=r"meta device.*drop the outer context"),
+        LazyInitContext(),
+    ):
+        pass
+    with LazyInitContext():  # usable again, and lazy
+        m = nn.Linear(2, 2)
+    assert is_lazy(m)
+
+
+def test_meta_device_around_the_context_is_a_clear_error() -> None:
+    with torch.device("meta"), pytest.raises(DormantError, match=r"torch\.device\(\"meta\"\)"):
+        LazyInitContext().__enter__()
+    with LazyInitContext(), torch.device("meta"):  # inside: plain meta modules, as before
+        assert nn.Linear(2, 2).weight.is_meta
+
+
+def test_to_empty_on_a_lazy_model_is_a_clear_error() -> None:
+    eager, lazy = _pair(lambda: nn.Sequential(nn.Sequential(nn.Linear(3, 3))))
+    with pytest.raises(UnsupportedOpError, match=r"to_empty\(\).*dormant\.materialize") as info:
+        lazy.to_empty(device="cpu")
+    assert info.value.op == "torch.nn.Module.to_empty"
+    materialize(lazy)  # the recorded values are kept
+    assert_same(eager, lazy)
+
+
+def test_report_counts_real_and_meta_tensors_as_not_lazy() -> None:
+    with LazyInitContext():
+        lazy = nn.Linear(2, 2)
+    model = nn.Sequential(nn.Linear(2, 2, device="meta"), nn.Linear(2, 2), lazy)
+    report = materialize(model, report=True)
+    assert (report.lazy_parameters, report.parameters) == (2, 6)
+    assert report.lazy_rate == pytest.approx(1 / 3)
+    assert report.meta == ["0.weight", "0.bias"]
+    assert "on the meta device, without values: 2 tensors (0.weight, 0.bias)" in str(report)

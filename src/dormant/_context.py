@@ -18,6 +18,7 @@ from ._materialize import materialize
 from ._record import record_op
 from ._replay import run_for_draws
 from ._session import RngMode, lock, normalize_device, session
+from .errors import DormantError
 
 
 class _RecordingMode(TorchDispatchMode):
@@ -94,6 +95,34 @@ def _context_device(device: str | int | torch.device | None) -> torch.device:
     return resolved
 
 
+_REGISTER_PARAMETER = torch.nn.Module.register_parameter
+_REGISTER_BUFFER = torch.nn.Module.register_buffer
+
+
+def _meta_habit() -> str | None:
+    """What puts every tensor built inside on the meta device, if something does: accelerate's
+    ``init_empty_weights`` (it patches ``register_parameter``), ``with torch.device("meta")``."""
+    if torch.get_default_device().type == "meta":
+        return 'torch.device("meta") (or accelerate\'s init_empty_weights(include_buffers=True))'
+    for original, name in (
+        (_REGISTER_PARAMETER, "register_parameter"),
+        (_REGISTER_BUFFER, "register_buffer"),
+    ):
+        patched = getattr(torch.nn.Module, name)
+        if patched is original:
+            continue
+        cells = getattr(patched, "__closure__", None) or ()
+        for cell in cells:
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            if isinstance(value, torch.device) and value.type == "meta":
+                where = getattr(patched, "__module__", None) or "a library"
+                return f"nn.Module.{name} patched by {where} (accelerate's init_empty_weights)"
+    return None
+
+
 class LazyInitContext:
     """Build modules without allocating their tensors.
 
@@ -160,6 +189,14 @@ class LazyInitContext:
                 session.depth += 1
                 self._entered.append(None)
                 return self
+            habit = _meta_habit()
+            if habit is not None:
+                raise DormantError(
+                    f"LazyInitContext entered under {habit}: every parameter would be built on "
+                    "the meta device, with no values for materialize to compute. LazyInitContext "
+                    "replaces it: drop the outer context (materialize(model) gives the values; "
+                    "booster.boost(model) shards first)"
+                )
             session.start(self.default_device, self.rng)
         _rng.begin_session()
         try:

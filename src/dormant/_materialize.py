@@ -10,7 +10,7 @@ from torch import nn
 
 from . import _replay
 from ._lazy_tensor import LazyTensor
-from ._placement import install, module_tensors
+from ._placement import SlotKind, install, module_tensors
 from ._report import MaterializeReport
 
 
@@ -109,6 +109,8 @@ def _materialize(
             lazy[id(t)] = (slot.name, t)
         else:
             report.add(slot.name, slot.kind, t.numel(), [], lazy=False)
+            if t.is_meta and slot.kind is not SlotKind.ATTRIBUTE:
+                report.meta.append(slot.name)
     if lazy:
         stats = _replay.ReplayStats()
         storages = [t._lazy_storage for _, t in lazy.values()]

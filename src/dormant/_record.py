@@ -340,6 +340,15 @@ def record_op(
             tensor=describe(lazy[0]),
             op=str(func),
         )
+    if not in_context and func is _EMPTY_LIKE and _called_from(_TO_EMPTY):
+        raise UnsupportedOpError(
+            f"module.to_empty() on a lazy {describe(lazy[0])}: it would replace the recorded "
+            "values with uninitialized memory. A lazy model needs no to_empty: call "
+            "dormant.materialize(model) (it computes on the context's default_device: build "
+            "under LazyInitContext(default_device=...) for another device), or "
+            "booster.boost(model)",
+            op="torch.nn.Module.to_empty",
+        )
     if op.metadata_inplace:
         raise UnsupportedOpError(
             f"{func} changes the metadata of a lazy {describe(lazy[0])} in place, which dormant "
@@ -352,6 +361,21 @@ def record_op(
         # ``real.copy_(lazy)``: the real tensor must hold the value now.
         return _run_forced(func, args, kwargs, in_context)
     return _record(op, args, kwargs, flat, layout, tensors)
+
+
+_EMPTY_LIKE = aten.empty_like.default
+_TO_EMPTY = torch.nn.Module.to_empty.__code__
+
+
+def _called_from(code: Any) -> bool:
+    """Whether a caller runs ``code`` (the whole stack: ``_apply`` recurses once per level of
+    modules; asked only of ops that are rare outside the context)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
 
 
 def _creates_tensor(op: _Op, tensors: list[torch.Tensor], device: Any) -> bool:
