@@ -264,3 +264,27 @@ def test_report_counts_real_and_meta_tensors_as_not_lazy() -> None:
     assert report.lazy_rate == pytest.approx(1 / 3)
     assert report.meta == ["0.weight", "0.bias"]
     assert "on the meta device, without values: 2 tensors (0.weight, 0.bias)" in str(report)
+
+
+# --- generator state read in model code ----------------------------------------------------------
+
+
+class _ReadsTheGenerator(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        with torch.random.fork_rng():  # draws inside, then gives back the state it saw
+            self.b = nn.Linear(4, 4)
+        self.c = nn.Linear(4, 4)  # the same values as ``b``, in eager
+        self.register_buffer("state", torch.get_rng_state().clone())
+        self.register_buffer("seed", torch.tensor(torch.initial_seed()))
+        torch.set_rng_state(self.state)  # a state set back: seen as a seed
+        self.d = nn.Linear(3, 3)
+
+
+def test_generator_state_reads_in_model_code_see_eager_state() -> None:
+    reads = (torch.get_rng_state, torch.initial_seed, torch.random.get_rng_state)
+    eager, lazy = _pair(_ReadsTheGenerator)
+    materialize(lazy)
+    assert_same(eager, lazy)
+    assert (torch.get_rng_state, torch.initial_seed, torch.random.get_rng_state) == reads

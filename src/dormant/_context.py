@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import os
 import threading
@@ -17,7 +18,14 @@ from . import _rng
 from ._materialize import materialize
 from ._record import record_op
 from ._replay import run_for_draws
-from ._session import RngMode, lock, normalize_device, session
+from ._session import (
+    RngMode,
+    lock,
+    normalize_device,
+    real_execution,
+    recording_active,
+    session,
+)
 from .errors import DormantError
 
 
@@ -93,6 +101,45 @@ def _context_device(device: str | int | torch.device | None) -> torch.device:
             "the values should be computed on (they stay lazy until materialize either way)"
         )
     return resolved
+
+
+def _synced(read: Any) -> Any:
+    """``read`` (a read of the default CPU generator), after putting the generator where eager
+    construction would have it by now, when called on the recording thread."""
+
+    @functools.wraps(read)
+    def synced(*args: Any, **kwargs: Any) -> Any:
+        if recording_active():
+            with real_execution():  # (positions are computed with real ops)
+                _rng.place_for_real_draw(None, torch.device("cpu"), run_for_draws)
+        return read(*args, **kwargs)
+
+    return synced
+
+
+@contextlib.contextmanager
+def _exact_state_reads() -> Iterator[None]:
+    """Model code that reads the default generator's state (``torch.get_rng_state()``,
+    ``torch.random.fork_rng()``, ``torch.initial_seed()``) reads eager's state.
+
+    Recording draws nothing, so the real generator does not move while random ops are recorded;
+    these reads first place it where eager's would stand (as a real draw inside the context
+    does). ``fork_rng`` then restores eager's state, which the next random op sees as a seed.
+    ``torch.default_generator.get_state()`` itself is a method of a C type, not replaceable.
+    """
+    torch_module, random_module = torch, torch.random
+    saved = [
+        (module, name, getattr(module, name))
+        for module in (torch_module, random_module)
+        for name in ("get_rng_state", "initial_seed")
+    ]
+    for module, name, read in saved:
+        setattr(module, name, _synced(read))
+    try:
+        yield
+    finally:
+        for module, name, read in saved:
+            setattr(module, name, read)
 
 
 _REGISTER_PARAMETER = torch.nn.Module.register_parameter
@@ -204,6 +251,7 @@ class LazyInitContext:
             if self.default_device.type != "cpu":
                 modes.append(torch.device(self.default_device))
             modes.append(_library_settings())
+            modes.append(_exact_state_reads())
             modes.append(_young_collections_only())
             modes.append(_RecordingMode())
             for mode in modes:
