@@ -57,8 +57,8 @@ def real_execution() -> Iterator[None]:
     with (
         _disable_current_modes(),
         torch._C.DisableTorchFunction(),
+        torch.inference_mode(False),  # (before no_grad: it enables grad mode)
         torch.no_grad(),
-        torch.inference_mode(False),
         torch._C._DisableAutocast(),
     ):
         yield
