@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Literal, overload
 
@@ -117,7 +118,10 @@ def _materialize(
         values = _replay.compute(storages, progress=progress, stats=stats, threads=threads)
         report.ops_replayed, report.random_ops = stats.ops, stats.random_ops
         report.threads = stats.threads
-        with torch.inference_mode(False):  # normal tensors, whatever mode the caller is in
+        # Normal tensors, whatever mode the caller is in (leaving inference mode also turns grad
+        # mode on: only when in it).
+        inference = torch.is_inference_mode_enabled()
+        with torch.inference_mode(False) if inference else contextlib.nullcontext():
             install(lazy, values)
         del values, lazy
     report.seconds = time.perf_counter() - start
