@@ -51,7 +51,7 @@ def run_ranks(
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         "--nproc_per_node", str(nproc), str(RUNNER),
-        Path(__file__).stem, scenario.__name__, str(tmp_path),
+        scenario.__module__.rpartition(".")[2], scenario.__name__, str(tmp_path),
     ]  # fmt: skip
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import types
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from helpers import assert_same
 from torch import nn
 
 from dormant import DormantError, LazyInitContext, UnsupportedOpError, is_lazy, materialize
+from dormant._placement import fill_local, to_empty, to_meta
 
 
 def _pair(
@@ -288,3 +290,55 @@ def test_generator_state_reads_in_model_code_see_eager_state() -> None:
     materialize(lazy)
     assert_same(eager, lazy)
     assert (torch.get_rng_state, torch.initial_seed, torch.random.get_rng_state) == reads
+
+
+# --- whole-tensor inits under sharded placement ---------------------------------------------------
+
+
+class _Orthogonal(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.small = nn.Linear(16, 16)  # <= 65536 elements: once run on a flat window
+        nn.init.orthogonal_(self.small.weight)
+        self.conv = nn.Conv2d(4, 8, 3)
+        nn.init.orthogonal_(self.conv.weight)
+        self.trunc = nn.Linear(16, 16)
+        nn.init.trunc_normal_(self.trunc.weight, std=0.02, a=-0.04, b=0.04)
+
+
+def test_shard_fill_computes_shape_dependent_inits_whole() -> None:
+    eager, lazy = _pair(_Orthogonal)
+    sources = to_meta(lazy)
+    to_empty(lazy, "cpu")
+    whole = fill_local(lazy, sources)  # one rank holding everything: the whole-tensor fallback
+    assert_same(eager, lazy)
+    assert {w.name for w in whole} == {"small.weight", "conv.weight"}
+
+
+SEED = 1234  # every rank's seed in ``scenario_*`` (tests/distributed/run.py reads it)
+
+
+def scenario_orthogonal_fsdp() -> dict[str, object]:
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    from dormant.booster import Booster
+    from dormant.booster.plugin import TorchFSDPPlugin
+
+    torch.manual_seed(SEED)
+    eager = _Orthogonal()
+    torch.manual_seed(SEED)
+    with LazyInitContext():
+        lazy = _Orthogonal()
+    model, *_ = Booster(plugin=TorchFSDPPlugin()).boost(lazy)
+    state = get_model_state_dict(model)
+    full = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v) for k, v in state.items()}
+    return {
+        "not_equal": sorted(k for k, v in eager.state_dict().items() if not torch.equal(v, full[k]))
+    }
+
+
+def test_orthogonal_under_a_sharded_plugin_equals_eager(tmp_path: Path) -> None:
+    from test_booster_ranks import run_ranks
+
+    for result in run_ranks(scenario_orthogonal_fsdp, tmp_path):
+        assert result["not_equal"] == []
