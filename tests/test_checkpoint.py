@@ -398,3 +398,40 @@ def test_both_names_of_a_tied_weight_with_different_values_are_an_error(
     load_checkpoint(model, tmp_path / "same.safetensors")
     assert torch.equal(model.head.weight, state["embed.weight"])
     assert model.head.weight is model.embed.weight
+
+
+# --- every dtype safetensors writes, extra state, trainer layouts --------------------------------
+
+SAFETENSORS_DTYPES = [
+    torch.float8_e4m3fn,
+    torch.float8_e5m2,
+    torch.float8_e4m3fnuz,
+    torch.float8_e5m2fnuz,
+    torch.uint16,
+    torch.uint32,
+    torch.uint64,
+    torch.complex64,
+]
+
+
+class Typed(nn.Module):
+    def __init__(self, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.register_buffer("packed", torch.zeros(6, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", SAFETENSORS_DTYPES, ids=str)
+def test_every_dtype_safetensors_writes_loads(dtype: torch.dtype, tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    bits = torch.randint(0, 120, (6 * dtype.itemsize,), dtype=torch.uint8)
+    state = {"lin.weight": torch.randn(4, 4), "lin.bias": torch.randn(4)}
+    state["packed"] = bits.view(dtype)
+    save_file(state, tmp_path / "m.safetensors")
+    with LazyInitContext():
+        model = Typed(dtype)
+    load_checkpoint(model, tmp_path / "m.safetensors")
+    materialize(model)
+    assert model.packed.dtype == dtype
+    assert torch.equal(model.packed.view(torch.uint8), bits)  # bit for bit
+    assert torch.equal(model.lin.weight, state["lin.weight"])

@@ -15,6 +15,7 @@ import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,6 +37,14 @@ _SAFETENSORS_DTYPES = {
     "I8": torch.int8,
     "U8": torch.uint8,
     "BOOL": torch.bool,
+    "U16": torch.uint16,
+    "U32": torch.uint32,
+    "U64": torch.uint64,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E4M3FNUZ": torch.float8_e4m3fnuz,
+    "F8_E5M2": torch.float8_e5m2,
+    "F8_E5M2FNUZ": torch.float8_e5m2fnuz,
+    "C64": torch.complex64,
 }
 
 
@@ -421,12 +430,25 @@ def _open_safetensors(path: Path) -> dict[str, _Entry]:
         with safe_open(str(path), framework="pt") as f:
             for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
                 view = f.get_slice(key)
-                shape, dtype = tuple(view.get_shape()), _SAFETENSORS_DTYPES[view.get_dtype()]
+                shape, dtype = tuple(view.get_shape()), _safetensors_dtype(path, key, view)
                 read, mapped = _safetensors_reader(path, key)
                 entries[key] = _checked(key, shape, dtype, stamps, read, mapped)
     except SafetensorError as e:
         raise _unreadable(path, f"safetensors says {e}") from e
     return entries
+
+
+def _safetensors_dtype(path: Path, key: str, view: Any) -> torch.dtype:
+    name = view.get_dtype()
+    dtype = _SAFETENSORS_DTYPES.get(name)
+    if dtype is None:
+        raise CheckpointError(
+            f"{key} in {path} has safetensors dtype {name}, which torch "
+            f"{torch.__version__} has no dtype for; convert it (or load this file eagerly)",
+            path=str(path),
+            key=key,
+        )
+    return dtype
 
 
 def _safetensors_reader(
