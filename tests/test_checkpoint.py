@@ -435,3 +435,78 @@ def test_every_dtype_safetensors_writes_loads(dtype: torch.dtype, tmp_path: Path
     assert model.packed.dtype == dtype
     assert torch.equal(model.packed.view(torch.uint8), bits)  # bit for bit
     assert torch.equal(model.lin.weight, state["lin.weight"])
+
+
+class WithExtraState(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.inner = Counter()
+
+
+class Counter(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps = 0
+        self.scale = torch.ones(2)
+
+    def get_extra_state(self) -> object:
+        return {"steps": self.steps, "scale": self.scale}
+
+    def set_extra_state(self, state: object) -> None:
+        assert isinstance(state, dict)
+        self.steps, self.scale = state["steps"], state["scale"]
+
+
+def test_extra_state_is_restored_as_load_state_dict_does(tmp_path: Path) -> None:
+    torch.manual_seed(5)
+    source = WithExtraState()
+    source.inner.steps, source.inner.scale = 7, torch.tensor([3.0, 4.0])
+    torch.save(source.state_dict(), tmp_path / "model.pt")
+    eager = WithExtraState()
+    eager.load_state_dict(torch.load(tmp_path / "model.pt"))
+    with LazyInitContext():
+        model = WithExtraState()
+    result = load_checkpoint(model, tmp_path / "model.pt")
+    assert "inner._extra_state" in result.loaded
+    materialize(model)
+    assert_same(eager, model)
+    assert model.inner.steps == 7 and torch.equal(model.inner.scale, torch.tensor([3.0, 4.0]))
+
+
+@pytest.mark.parametrize(
+    ("layout", "found"),
+    [
+        ("trainer", "'state_dict.'"),  # {"state_dict": ..., "epoch": n}
+        ("ddp", "'module.'"),  # DistributedDataParallel's prefix
+        ("both", "'model.module.'"),
+    ],
+)
+def test_trainer_layouts_load_and_say_what_was_found(
+    layout: str, found: str, tmp_path: Path
+) -> None:
+    state = source_state()
+    ddp = {f"module.{k}": v for k, v in state.items()}
+    saved = {
+        "trainer": {"state_dict": state, "epoch": 3, "optimizer": {"lr": 0.1}},
+        "ddp": ddp,
+        "both": {"model": ddp, "step": 10},
+    }[layout]
+    torch.save(saved, tmp_path / "ckpt.pt")
+    model = lazy_net()
+    result = load_checkpoint(model, tmp_path / "ckpt.pt")
+    assert found in result.layout
+    materialize(model)
+    assert_same(eager_reference(state), model)
+
+
+def test_a_checkpoint_with_no_key_of_the_model_is_an_error_even_when_not_strict(
+    tmp_path: Path,
+) -> None:
+    save_file(
+        {"encoder.w": torch.zeros(2), "decoder.w": torch.zeros(2)}, tmp_path / "m.safetensors"
+    )
+    model = lazy_net()
+    with pytest.raises(CheckpointError, match=r"holds no key of the model.*'decoder\.w'.*'body"):
+        load_checkpoint(model, tmp_path / "m.safetensors", strict=False)
+    assert is_lazy(model)
