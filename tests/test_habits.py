@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,7 +16,14 @@ import torch
 from helpers import assert_same
 from torch import nn
 
-from dormant import DormantError, LazyInitContext, UnsupportedOpError, is_lazy, materialize
+from dormant import (
+    DormantError,
+    LazyInitContext,
+    MaterializationError,
+    UnsupportedOpError,
+    is_lazy,
+    materialize,
+)
 from dormant._placement import fill_local, to_empty, to_meta
 
 
@@ -342,3 +350,67 @@ def test_orthogonal_under_a_sharded_plugin_equals_eager(tmp_path: Path) -> None:
 
     for result in run_ranks(scenario_orthogonal_fsdp, tmp_path):
         assert result["not_equal"] == []
+
+
+# --- init code that fails in eager ------------------------------------------------------------
+
+_FAILS_AT_THE_OP: dict[str, Callable[[torch.Tensor], object]] = {
+    "uniform_(1, 0)": lambda t: t.uniform_(1, 0),
+    "bernoulli_(1.5)": lambda t: t.bernoulli_(1.5),
+    "random_(5, 2)": lambda t: t.random_(5, 2),
+    "random_(0)": lambda t: t.random_(0),
+    "normal_(0, -1)": lambda t: t.normal_(0, -1),
+}
+
+
+def _eager_error(make: Callable[[], object]) -> Exception:
+    try:
+        make()
+    except Exception as e:
+        return e
+    raise AssertionError("eager accepted it")
+
+
+@pytest.mark.parametrize("case", sorted(_FAILS_AT_THE_OP))
+def test_bad_init_arguments_fail_at_the_op_as_in_eager(case: str) -> None:
+    init = _FAILS_AT_THE_OP[case]
+    eager = _eager_error(lambda: init(torch.empty(5)))
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    with pytest.raises(type(eager), match=re.escape(str(eager))), LazyInitContext():
+        init(torch.empty(5))
+    assert torch.equal(torch.get_rng_state(), before)
+    with LazyInitContext():
+        t = torch.empty(5)
+    with pytest.raises(type(eager), match=re.escape(str(eager))):
+        init(t)  # outside the context too (an init after building)
+
+
+_FAILS_ON_VALUES: dict[str, Callable[[], torch.Tensor]] = {
+    "index out of range": lambda: torch.zeros(5)[torch.tensor([10])],
+    "index_fill_ out of range": lambda: torch.zeros(5).index_fill_(0, torch.tensor([9]), 1.0),
+    "gather out of range": lambda: torch.zeros(5).gather(0, torch.tensor([7])),
+    "embedding out of range": lambda: nn.functional.embedding(torch.tensor([9]), torch.ones(3, 2)),
+    "integer division by zero": lambda: torch.arange(5) // 0,
+}
+
+
+@pytest.mark.parametrize("case", sorted(_FAILS_ON_VALUES))
+def test_init_failing_on_values_names_the_tensor_and_the_model_line(case: str) -> None:
+    make = _FAILS_ON_VALUES[case]
+    _eager_error(make)
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("table", make())
+
+    with LazyInitContext():
+        model = Model()
+    line = f"{__file__}:{make.__code__.co_firstlineno}"
+    with pytest.raises(
+        MaterializationError, match=rf"'table'.*recorded at {re.escape(line)}"
+    ) as info:
+        materialize(model)
+    assert info.value.name == "table"
+    assert is_lazy(model)  # nothing was installed

@@ -160,6 +160,7 @@ class Node:
         "rng",
         "seq",
         "spec",
+        "where",
         "writes",
     )
 
@@ -180,6 +181,9 @@ class Node:
         # ``torch.get_default_dtype()`` when recorded, if not float32: it decides the result of
         # ``int_tensor / 3`` (see ``_record._add_node``).
         self.default_dtype: torch.dtype | None = None
+        # ``file:line`` of the model code, for ops that can fail on values only replay sees
+        # (an index out of range): kept for those alone, since finding it costs a stack walk.
+        self.where: str | None = None
         self._label = label
 
     @property

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterable
 from typing import Literal, overload
 
 import torch
@@ -13,6 +14,7 @@ from . import _replay
 from ._lazy_tensor import LazyTensor
 from ._placement import SlotKind, install, module_tensors
 from ._report import MaterializeReport
+from .errors import MaterializationError
 
 
 @overload
@@ -115,7 +117,10 @@ def _materialize(
     if lazy:
         stats = _replay.ReplayStats()
         storages = [t._lazy_storage for _, t in lazy.values()]
-        values = _replay.compute(storages, progress=progress, stats=stats, threads=threads)
+        try:
+            values = _replay.compute(storages, progress=progress, stats=stats, threads=threads)
+        except MaterializationError as e:
+            raise _naming(e, lazy.values()) from e
         report.ops_replayed, report.random_ops = stats.ops, stats.random_ops
         report.threads = stats.threads
         # Normal tensors, whatever mode the caller is in (leaving inference mode also turns grad
@@ -126,6 +131,20 @@ def _materialize(
         del values, lazy
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _naming(
+    error: MaterializationError, lazy: Iterable[tuple[str, LazyTensor]]
+) -> MaterializationError:
+    """``error`` from replay, naming the module's tensors that the failing op wrote."""
+    written: set[int] = getattr(error, "storages", set())
+    names = sorted({name for name, t in lazy if id(t._lazy_storage) in written})
+    if not names:
+        return error
+    shown = ", ".join(repr(n) for n in names[:5])
+    return MaterializationError(
+        f"materializing {shown} (nothing was materialized): {error}", name=names[0]
+    )
 
 
 def is_lazy(obj: torch.Tensor | nn.Module) -> bool:

@@ -108,6 +108,43 @@ _METADATA_QUERIES = {
 
 _RANDOM_EXTRA = {aten.native_dropout, aten.rrelu_with_noise}
 
+# Ops that can fail on their inputs' values (an index out of range, an integer division by
+# zero), which meta kernels cannot see: eager fails at the op, replay only at materialize, so
+# these remember the model line to name it then.
+_FAILS_ON_VALUES = {
+    aten.index,
+    aten.index_put,
+    aten.index_put_,
+    aten._index_put_impl_,
+    aten.index_fill,
+    aten.index_fill_,
+    aten.index_copy,
+    aten.index_copy_,
+    aten.index_add,
+    aten.index_add_,
+    aten.index_select,
+    aten.gather,
+    aten.scatter,
+    aten.scatter_,
+    aten.scatter_add,
+    aten.scatter_add_,
+    aten.scatter_reduce,
+    aten.scatter_reduce_,
+    aten.embedding,
+    aten.take,
+    aten.take_along_dim,
+    aten.floor_divide,
+    aten.floor_divide_,
+    aten.remainder,
+    aten.remainder_,
+    aten.div,
+    aten.div_,
+    aten.fmod,
+    aten.fmod_,
+    aten.multinomial,
+    aten.one_hot,
+}
+
 # Ops of a forward pass. Outside the context they mean a model is used before it was
 # materialized: an error then, rather than a lazy loss with no gradients.
 _FORWARD_OPS = {
@@ -164,9 +201,11 @@ class _Op:
 
     __slots__ = (
         "alias_args",
+        "arg_check",
         "call",
         "device_kw_only",
         "factory_schema",
+        "fails_on_values",
         "fast",
         "forward",
         "func",
@@ -219,6 +258,7 @@ class _Op:
         self.metadata_inplace = packet in _METADATA_INPLACE
         self.metadata_query = packet in _METADATA_QUERIES
         self.forward = packet in _FORWARD_OPS
+        self.fails_on_values = packet in _FAILS_ON_VALUES
         self.is_like = packet.__name__.endswith("_like")
         # A view with its input's geometry (``nn.Parameter`` detaches every tensor it wraps):
         # the lazy result can share the input's meta tensor instead of asking the kernel.
@@ -227,6 +267,7 @@ class _Op:
         self.device_kw_only = all(a.kwarg_only for a in schema.arguments if a.name == "device")
         self.has_dtype = "dtype" in self.names
         self.meta_shortcut: _MetaShortcut | None = _META_SHORTCUTS.get(func)
+        self.arg_check: Callable[[dict[str, Any]], bool] | None = _ARG_CHECKS.get(func)
         self.fast: _FastPath | None = _fast_path(self, schema)
 
     def meta(self, bound: Any, meta_args: Any, meta_kwargs: dict[str, Any]) -> Any:
@@ -554,6 +595,8 @@ def _record_fill(op: _Op, args: tuple[Any, ...], kwargs: dict[str, Any], in_cont
     func = op.func
     # Bound arguments are read only by meta shortcuts and random ops (zero_, fill_ need none).
     bound = _bind(op, args, kwargs) if op.meta_shortcut or op.is_random else None
+    if op.arg_check is not None and bound is not None and op.arg_check(bound):
+        _eager_arg_check(op, x, args, kwargs)
     meta_args = (x._meta, *args[1:])
     meta_kwargs = kwargs
     if kwargs.get("generator") is not None:
@@ -768,6 +811,35 @@ def _plain_randn(bound: dict[str, Any], meta_args: Any, meta_kwargs: Any) -> Any
     return torch.empty(size, dtype=dtype, device=META) if ok else None
 
 
+# [Note: argument checks]
+# Some ops check their scalar arguments in the CPU kernel only, not in the meta kernel: eager
+# raises at the op, recording would not, and materialize would fail far from the model line.
+# Each check here is a cheap test of the bound arguments that says when eager may refuse them;
+# then the real op runs on an empty tensor of the same dtype, which raises eager's own error
+# (and draws nothing).
+_ARG_CHECKS: dict[Any, Callable[[dict[str, Any]], bool]] = {
+    aten.uniform_.default: lambda b: _greater(b.get("from", 0.0), b.get("to", 1.0)),
+    aten.bernoulli_.float: lambda b: not 0 <= b.get("p", 0.5) <= 1,
+    getattr(aten.random_, "from"): lambda b: (
+        b.get("to") is not None and not _greater(b["to"], b["from"])
+    ),
+    aten.random_.to: lambda b: not _greater(b["to"], 0),
+}
+
+
+def _greater(a: Any, b: Any) -> bool:
+    try:
+        return bool(a > b)
+    except TypeError:  # (symbolic or odd scalars: let the kernel decide)
+        return True
+
+
+def _eager_arg_check(op: _Op, x: LazyTensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    kwargs = {k: v for k, v in kwargs.items() if k != "generator"}
+    with torch._C._DisableTorchDispatch():
+        op.func(torch.empty(0, dtype=x.dtype), *args[1:], **kwargs)
+
+
 _META_SHORTCUTS: dict[Any, _MetaShortcut] = {
     aten.normal_.default: _plain_normal_,
     aten.uniform_.default: _plain_uniform_,
@@ -823,6 +895,8 @@ def _add_node(
         # Type promotion (``int_tensor / 3``) reads it; replay runs each op under the one it was
         # recorded under, not the caller's. Ops of the fast paths never promote.
         node.default_dtype = default_dtype
+    if op.fails_on_values:
+        node.where = user_frame()
     shape_only = op.shape_only
     reads: list[TensorRef] = []
     for i, x in enumerate(flat):

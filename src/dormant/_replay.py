@@ -415,9 +415,18 @@ class _Execution:
             except DormantError:
                 raise  # already says what happened (a checkpoint file that changed)
             except Exception as e:
-                raise MaterializationError(
-                    f"replaying {node.label} failed: {type(e).__name__}: {e}"
-                ) from e
+                at = f", recorded at {node.where}," if node.where is not None else ""
+                advice = (
+                    "; eager construction fails at that line too: fix the model code there"
+                    if node.where is not None
+                    else ""
+                )
+                error = MaterializationError(
+                    f"replaying {node.label}{at} failed: {type(e).__name__}: {e}{advice}"
+                )
+                # (what it wrote: materialize names those tensors)
+                error.storages = {id(w.storage) for w in node.writes}  # type: ignore[attr-defined]
+                raise error from e
         if real:
             self._keep_outputs(node, out)
             self._release_inputs(node)
