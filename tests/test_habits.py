@@ -19,6 +19,7 @@ from torch import nn
 from dormant import (
     DormantError,
     LazyInitContext,
+    LazyTensorError,
     MaterializationError,
     UnsupportedOpError,
     is_lazy,
@@ -414,3 +415,19 @@ def test_init_failing_on_values_names_the_tensor_and_the_model_line(case: str) -
         materialize(model)
     assert info.value.name == "table"
     assert is_lazy(model)  # nothing was installed
+
+
+# --- torch.compile before materialize ----------------------------------------------------------
+
+
+def test_compile_before_materialize_then_materialize_works() -> None:
+    def ctor() -> nn.Module:
+        return nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+
+    eager, lazy = _pair(ctor)
+    compiled = torch.compile(lazy, backend="eager")
+    with pytest.raises(LazyTensorError, match="materialize"):
+        compiled(torch.ones(1, 4))  # its frames, in the traceback, hold the lazy weights
+    materialize(lazy)
+    assert_same(eager, lazy)
+    assert torch.equal(compiled(torch.ones(1, 4)), eager(torch.ones(1, 4)))

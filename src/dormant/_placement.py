@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import gc
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -142,7 +143,13 @@ def install(
             if key not in INTERNAL_ATTRS:
                 new.__dict__[key] = value
         try:
-            _swap(t, new)
+            try:
+                _swap(t, new)
+            except RuntimeError:
+                # References in garbage not yet collected count too: a traceback's frames
+                # (torch.compile run on the lazy model failed, and its frames hold the tensors).
+                gc.collect()
+                _swap(t, new)
             del new  # now the lazy shell: drop it, and the references it held, at once
             _rehook(t)
         except RuntimeError as e:
