@@ -431,3 +431,25 @@ def test_compile_before_materialize_then_materialize_works() -> None:
     materialize(lazy)
     assert_same(eager, lazy)
     assert torch.equal(compiled(torch.ones(1, 4)), eager(torch.ones(1, 4)))
+
+
+# --- TorchScript submodules ----------------------------------------------------------------------
+
+
+class _Scripted(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(3, 3)
+        self.b = torch.jit.script(nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(self.a(x))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_torch_jit_script_submodule_materializes() -> None:
+    eager, lazy = _pair(_Scripted)
+    materialize(lazy)
+    assert not is_lazy(lazy)
+    assert_same(eager, lazy)
+    assert torch.equal(lazy(torch.ones(2, 3)), eager(torch.ones(2, 3)))

@@ -127,7 +127,7 @@ def _materialize(
         # mode on: only when in it).
         inference = torch.is_inference_mode_enabled()
         with torch.inference_mode(False) if inference else contextlib.nullcontext():
-            install(lazy, values)
+            install(lazy, values, module)
         del values, lazy
     report.seconds = time.perf_counter() - start
     return report

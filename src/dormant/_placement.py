@@ -115,9 +115,12 @@ def _attribute_tensors(name: str, value: object, seen: set[int]) -> Iterator[Slo
 
 
 def install(
-    tensors: dict[int, tuple[str, LazyTensor]], values: dict[int, torch.UntypedStorage]
+    tensors: dict[int, tuple[str, LazyTensor]],
+    values: dict[int, torch.UntypedStorage],
+    root: nn.Module | None = None,
 ) -> None:
-    """Turn each lazy tensor into a real one over ``values[id(its storage)]``, in place."""
+    """Turn each lazy tensor into a real one over ``values[id(its storage)]``, in place (``root``,
+    the module the names are relative to, for tensors only a TorchScript module can replace)."""
     # Views and results of autograd ops (old-style weight_norm's ``weight``) hold references to
     # other tensors; swap them first so that those are free to swap.
     order = sorted(
@@ -146,6 +149,9 @@ def install(
             try:
                 _swap(t, new)
             except RuntimeError:
+                if _set_in_script(root, name, new):
+                    done.append(name)
+                    continue
                 # References in garbage not yet collected count too: a traceback's frames
                 # (torch.compile run on the lazy model failed, and its frames hold the tensors).
                 gc.collect()
@@ -167,6 +173,27 @@ def install(
         done.append(name)
     for held, grad in grads:
         held.grad = grad
+
+
+def _set_in_script(root: nn.Module | None, name: str, new: torch.Tensor) -> bool:
+    """Put ``new`` in place of the tensor called ``name`` if a TorchScript module holds it.
+
+    A scripted module (``torch.jit.script`` in model code) holds its tensors in its C++ object,
+    which keeps a reference the swap cannot take over; the module's own ``setattr`` replaces it
+    there. The lazy tensor object is not the module's any more (a reference taken before, an
+    optimizer's, still sees the lazy one: script after materializing to keep identity).
+    """
+    if root is None:
+        return False
+    prefix, _, attr = name.rpartition(".")
+    try:
+        owner = root.get_submodule(prefix)
+    except AttributeError:
+        return False
+    if not isinstance(owner, torch.jit.ScriptModule):
+        return False
+    setattr(owner, attr, new)
+    return True
 
 
 def _rehook(t: torch.Tensor) -> None:
