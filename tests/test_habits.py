@@ -453,3 +453,50 @@ def test_a_torch_jit_script_submodule_materializes() -> None:
     assert not is_lazy(lazy)
     assert_same(eager, lazy)
     assert torch.equal(lazy(torch.ones(2, 3)), eager(torch.ones(2, 3)))
+
+
+# --- tensor kinds --------------------------------------------------------------------------------
+
+_OTHER_KINDS: dict[str, Callable[[], torch.Tensor]] = {
+    "quantized": lambda: torch.quantize_per_tensor(torch.rand(4), 0.1, 0, torch.quint8),
+    "quantized empty": lambda: torch._empty_affine_quantized(
+        [4], scale=0.1, zero_point=0, dtype=torch.quint8
+    ),
+    "sparse coo": lambda: torch.sparse_coo_tensor(torch.tensor([[0, 1]]), torch.ones(2), (3,)),
+    "to_sparse": lambda: torch.eye(3).to_sparse(),
+    "sparse csr": lambda: torch.eye(3).to_sparse_csr(),
+    "nested": lambda: torch.nested.nested_tensor([torch.ones(2), torch.ones(3)]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_OTHER_KINDS))
+def test_sparse_quantized_and_nested_tensors_are_refused_at_the_op(case: str) -> None:
+    make = _OTHER_KINDS[case]
+    line = f"{__file__}:{make.__code__.co_firstlineno}"
+    refused = rf"at {re.escape(line)} makes a .*materialize"
+    with pytest.raises(UnsupportedOpError, match=refused), LazyInitContext():
+        make()
+    with LazyInitContext():  # usable again
+        assert is_lazy(torch.ones(1))
+
+
+class _WithLazyLinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Linear(4, 5)
+        self.second = nn.LazyLinear(3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(self.first(x))
+
+
+def test_lazy_linear_infers_its_shape_at_the_first_forward_as_in_eager() -> None:
+    eager, lazy = _pair(_WithLazyLinear)
+    materialize(lazy)
+    assert_same(eager, lazy)  # (the uninitialized parameters hold nothing to compare)
+    outputs = []
+    for model in (eager, lazy):
+        torch.manual_seed(1)
+        outputs.append(model(torch.ones(2, 4)))
+    assert torch.equal(outputs[0], outputs[1])
+    assert_same(eager, lazy)

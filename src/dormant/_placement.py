@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
+from torch.nn.parameter import UninitializedTensorMixin
 
 from ._graph import view_of
 from ._lazy_tensor import INTERNAL_ATTRS, LazyTensor
@@ -50,11 +51,11 @@ def module_tensors(module: nn.Module) -> Iterator[Slot]:
     for prefix, mod in module.named_modules(remove_duplicate=True):
         dot = f"{prefix}." if prefix else ""
         for name, p in mod._parameters.items():
-            if p is not None:
+            if p is not None and not isinstance(p, _UNINITIALIZED):
                 yield Slot(dot + name, SlotKind.PARAMETER, p)
                 yield from _carried(dot + name, p)
         for name, b in mod._buffers.items():
-            if b is not None:
+            if b is not None and not isinstance(b, _UNINITIALIZED):
                 yield Slot(dot + name, SlotKind.BUFFER, b)
                 yield from _carried(dot + name, b)
         for name, value in vars(mod).items():
@@ -68,6 +69,8 @@ def module_tensors(module: nn.Module) -> Iterator[Slot]:
                 yield from _attribute_tensors(dot + name, value, set())
 
 
+# ``nn.LazyLinear``'s parameters before its first forward: no shape, no values, nothing to do.
+_UNINITIALIZED = UninitializedTensorMixin
 _HOLDERS = (torch.Tensor, list, tuple, dict, set, frozenset, SimpleNamespace)
 # What every nn.Module keeps for itself (registries and hook dicts, a dozen dicts per module):
 # parameters and buffers are read above, hooks hold no tensors.

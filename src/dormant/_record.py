@@ -219,6 +219,7 @@ class _Op:
         "metadata_query",
         "mutated",
         "names",
+        "quantizes",
         "returns",
         "returns_values",
         "same_geometry",
@@ -259,6 +260,8 @@ class _Op:
         self.metadata_query = packet in _METADATA_QUERIES
         self.forward = packet in _FORWARD_OPS
         self.fails_on_values = packet in _FAILS_ON_VALUES
+        # (their meta kernels give float tensors: known by name)
+        self.quantizes = packet.__name__.startswith(_QUANTIZING)
         self.is_like = packet.__name__.endswith("_like")
         # A view with its input's geometry (``nn.Parameter`` detaches every tensor it wraps):
         # the lazy result can share the input's meta tensor instead of asking the kernel.
@@ -476,7 +479,9 @@ def _record(
     except NotImplementedError:
         # No meta kernel: compute the op for real (exactly, through replay) and keep its result.
         forced_out = _run_forced(func, args, kwargs, True)
+        _refuse_kinds(op, forced_out)
         meta_out = tree_unflatten(*_map_flat(_meta_of_output, forced_out))
+    _refuse_kinds(op, meta_out)
     if op.is_view:
         return _wrap_views(op, bound, meta_out)
     if device.type == "meta" and not op.mutated:
@@ -487,6 +492,33 @@ def _record(
         bound = _bind(op, args, kwargs)
         flat, layout = flatten(args, kwargs)
     return _add_node(op, flat, layout, bound, meta_out, device, forced_out)
+
+
+_QUANTIZING = ("quantize_per_", "_make_per_", "_empty_affine_quantized", "_empty_per_channel")
+
+
+def _refuse_kinds(op: _Op, out: Any) -> None:
+    """Lazy tensors are strided and dense: an op that makes a sparse, quantized or nested tensor
+    is refused at the op (replay would give another kind of tensor, or none)."""
+    for t in [out] if isinstance(out, torch.Tensor) else tree_flatten(out)[0]:
+        if not isinstance(t, torch.Tensor):
+            continue
+        kind = (
+            "quantized"
+            if t.is_quantized or op.quantizes
+            else "nested"
+            if t.is_nested
+            else f"{t.layout}"
+            if t.layout is not torch.strided
+            else None
+        )
+        if kind is not None:
+            raise UnsupportedOpError(
+                f"{op.func} at {user_frame()} makes a {kind} tensor, which dormant cannot record "
+                "lazily (lazy tensors are dense and strided): make it after "
+                "dormant.materialize(model), from the dense values then",
+                op=str(op.func),
+            )
 
 
 def _for_meta_kernel(op: _Op, kwargs: dict[str, Any], *, to_meta: bool) -> None:
@@ -628,8 +660,8 @@ def _record_factory(
     """A factory (``empty``, ``ones``, ``randn``) inside the context: one node, one new storage."""
     if not in_context or kwargs.get("pin_memory"):
         return _SLOW  # pinned: the general path (on meta, eager's error)
-    if args and type(args[0]) is list and 0 in args[0] and _reads_a_storage_item():
-        return op.call(*args, **kwargs)  # no elements: storage[i]'s temporary (see there)
+    if args and type(args[0]) is list and 0 in args[0] and _real_empty_wanted():
+        return op.call(*args, **kwargs)  # no elements, and real (see there)
     device_arg = kwargs.get("device")
     if op.device_kw_only:
         device = normalize_device(device_arg)  # what _output_device finds, without binding
@@ -657,22 +689,32 @@ def _record_factory(
     return out
 
 
-_STORAGE_ITEM = getattr(torch.UntypedStorage.__getitem__, "__code__", None)
+_REAL_EMPTY_CALLERS = {
+    getattr(torch.UntypedStorage.__getitem__, "__code__", None),
+    torch.nn.parameter.UninitializedParameter.__new__.__code__,
+    torch.nn.parameter.UninitializedBuffer.__new__.__code__,
+}
 
 
-def _reads_a_storage_item() -> bool:
-    """Whether this factory runs inside ``UntypedStorage.__getitem__`` (``storage[i]``).
+def _real_empty_wanted() -> bool:
+    """Whether this empty factory runs where a real empty tensor is eager's behaviour and a lazy
+    one cannot serve:
 
-    There torch makes a temporary empty tensor, sets it over the (always real) storage and reads
-    one element, all in C++: the tensor never reaches Python, so it can be real, and the read
-    costs four real ops instead of four recorded ones. safetensors reads ``storage[0]`` of every
-    tensor it maps, so this is a quarter of the ops of a lazy ``from_pretrained``."""
+    - ``UntypedStorage.__getitem__`` (``storage[i]``): torch makes a temporary empty tensor, sets
+      it over the (always real) storage and reads one element, all in C++: the tensor never
+      reaches Python, so it can be real, and the read costs four real ops instead of four
+      recorded ones. safetensors reads ``storage[0]`` of every tensor it maps, so this is a
+      quarter of the ops of a lazy ``from_pretrained``.
+    - ``UninitializedParameter`` / ``UninitializedBuffer`` (``nn.LazyLinear``): they wrap
+      ``torch.empty(0)`` in their own subclass, which a lazy tensor cannot become; they hold no
+      values and get their shape and init at the first forward, after materialize, as in eager.
+    """
     frame = sys._getframe(1)
     for _ in range(4):  # record_op, the mode's __torch_dispatch__, then the caller
         frame = frame.f_back  # type: ignore[assignment]
         if frame is None:
             return False
-        if frame.f_code is _STORAGE_ITEM:
+        if frame.f_code in _REAL_EMPTY_CALLERS:
             return True
     return False
 
