@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from torch.nn.parameter import UninitializedTensorMixin
+from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
 from ._graph import view_of
 from ._lazy_tensor import INTERNAL_ATTRS, LazyTensor
@@ -70,7 +70,7 @@ def module_tensors(module: nn.Module) -> Iterator[Slot]:
 
 
 # ``nn.LazyLinear``'s parameters before its first forward: no shape, no values, nothing to do.
-_UNINITIALIZED = UninitializedTensorMixin
+_UNINITIALIZED = (UninitializedParameter, UninitializedBuffer)
 _HOLDERS = (torch.Tensor, list, tuple, dict, set, frozenset, SimpleNamespace)
 # What every nn.Module keeps for itself (registries and hook dicts, a dozen dicts per module):
 # parameters and buffers are read above, hooks hold no tensors.
