@@ -500,3 +500,41 @@ def test_lazy_linear_infers_its_shape_at_the_first_forward_as_in_eager() -> None
         outputs.append(model(torch.ones(2, 4)))
     assert torch.equal(outputs[0], outputs[1])
     assert_same(eager, lazy)
+
+
+# --- subclasses of nn.Parameter ----------------------------------------------------------------
+
+
+class _PlainParam(nn.Parameter):
+    pass
+
+
+class _TaggedParam(nn.Parameter):
+    def __new__(cls, data: torch.Tensor, tag: str = "") -> _TaggedParam:
+        return super().__new__(cls, data)  # type: ignore[return-value]
+
+    def __init__(self, data: torch.Tensor, tag: str = "") -> None:
+        self.tag = tag
+
+
+class _SubclassedParams(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.plain = _PlainParam(torch.randn(3, 4))
+        self.tagged = _TaggedParam(torch.rand(5), tag="expert")
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x @ self.plain.T @ self.plain) * self.tagged[:4].sum()
+
+
+def test_parameter_subclasses_keep_their_class_and_init() -> None:
+    eager, lazy = _pair(_SubclassedParams)
+    assert isinstance(lazy.tagged, _TaggedParam) and lazy.tagged.tag == "expert"  # while lazy
+    materialize(lazy)
+    assert_same(eager, lazy)
+    for name in ("plain", "tagged"):
+        assert type(getattr(lazy, name)) is type(getattr(eager, name))
+    assert lazy.tagged.tag == "expert"
+    _train_step(lazy)
+    assert lazy.plain.grad is not None
