@@ -15,6 +15,8 @@ import pytest
 import torch
 from helpers import assert_same
 from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from dormant import (
     DormantError,
@@ -63,6 +65,101 @@ _INITS_AFTER: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module], obj
 def test_inits_after_the_context_equal_eager(case: str) -> None:
     ctor, init = _INITS_AFTER[case]
     eager, lazy = _pair(ctor, init)
+    materialize(lazy)
+    assert_same(eager, lazy)
+
+
+# The class these stand for: every in-place init on parameters of every kind of shape, after
+# the context (combinations eager refuses, or where the init does nothing, are left out).
+_INIT_FUNCTIONS: dict[str, Callable[[torch.Tensor], object]] = {
+    "uniform_": nn.init.uniform_,
+    "normal_": nn.init.normal_,
+    "trunc_normal_": nn.init.trunc_normal_,
+    "trunc_normal_ bounded": lambda t: nn.init.trunc_normal_(t, std=0.02, a=-0.04, b=0.04),
+    "constant_": lambda t: nn.init.constant_(t, 0.3),
+    "ones_": nn.init.ones_,
+    "zeros_": nn.init.zeros_,
+    "xavier_uniform_": nn.init.xavier_uniform_,
+    "xavier_normal_": nn.init.xavier_normal_,
+    "kaiming_uniform_": nn.init.kaiming_uniform_,
+    "kaiming_normal_": nn.init.kaiming_normal_,
+    "orthogonal_": nn.init.orthogonal_,
+    "bernoulli_": lambda t: t.data.bernoulli_(0.3),
+    "exponential_": lambda t: t.data.exponential_(),
+    "random_": lambda t: t.data.random_(0, 10),
+    "cauchy_": lambda t: t.data.cauchy_(),
+    "log_normal_": lambda t: t.data.log_normal_(),
+    "geometric_": lambda t: t.data.geometric_(0.3),
+    "normal_ on a row": lambda t: t.data[0].normal_(),
+    "uniform_ strided": lambda t: t.data[::2].uniform_(),
+    "copy_ of randn": lambda t: t.data.copy_(torch.randn(t.shape)),
+    ".data = randn_like": lambda t: setattr(t, "data", torch.randn_like(t)),
+    "mul_ then add_": lambda t: t.data.mul_(2).add_(1),
+}
+_SHAPE_ONLY_INITS = {"eye_": nn.init.eye_, "sparse_": lambda t: nn.init.sparse_(t, 0.5)}
+_INIT_SHAPES = {"3x4": (3, 4), "64x300": (64, 300), "10": (10,), "conv 4x2x3x3": (4, 2, 3, 3)}
+_NEEDS_2D = {"xavier_uniform_", "xavier_normal_", "kaiming_uniform_", "kaiming_normal_"}
+_INIT_CASES = [
+    (init, shape)
+    for init in [*_INIT_FUNCTIONS, *_SHAPE_ONLY_INITS]
+    for shape in _INIT_SHAPES
+    if not (shape == "10" and (init in _NEEDS_2D or init == "orthogonal_"))
+    and not (init in _SHAPE_ONLY_INITS and len(_INIT_SHAPES[shape]) != 2)
+] + [("dirac_", "conv 4x2x3x3")]
+
+
+@pytest.mark.parametrize(("init", "shape"), _INIT_CASES)
+def test_every_init_after_the_context_equals_eager(init: str, shape: str) -> None:
+    fn = {**_INIT_FUNCTIONS, **_SHAPE_ONLY_INITS, "dirac_": nn.init.dirac_}[init]
+
+    def ctor() -> nn.Module:
+        m = nn.Module()
+        m.w = nn.Parameter(torch.empty(_INIT_SHAPES[shape]))
+        nn.init.normal_(m.w)
+        return m
+
+    eager, lazy = _pair(ctor, lambda m: fn(m.w))
+    materialize(lazy)
+    assert_same(eager, lazy)
+
+
+_MODULES: dict[str, Callable[[], nn.Module]] = {
+    "Linear": lambda: nn.Linear(5, 3),
+    "Conv1d": lambda: nn.Conv1d(2, 3, 3),
+    "Conv2d": lambda: nn.Conv2d(2, 4, 3),
+    "ConvTranspose2d": lambda: nn.ConvTranspose2d(2, 3, 3),
+    "Embedding small": lambda: nn.Embedding(3, 4),
+    "Embedding padding_idx": lambda: nn.Embedding(20, 8, padding_idx=1),
+    "EmbeddingBag": lambda: nn.EmbeddingBag(10, 4),
+    "Bilinear": lambda: nn.Bilinear(3, 4, 2),
+    "LayerNorm": lambda: nn.LayerNorm(6),
+    "BatchNorm1d": lambda: nn.BatchNorm1d(5),
+    "GroupNorm": lambda: nn.GroupNorm(2, 4),
+    "RMSNorm": lambda: nn.RMSNorm(4),
+    "MultiheadAttention": lambda: nn.MultiheadAttention(8, 2),
+    "LSTM": lambda: nn.LSTM(4, 5, 2),
+    "GRU": lambda: nn.GRU(3, 4),
+    "TransformerEncoderLayer": lambda: nn.TransformerEncoderLayer(8, 2, 16),
+    "PReLU": lambda: nn.PReLU(3),
+}
+_WITH_MATRIX_WEIGHT = ["Linear", "Conv1d", "Conv2d", "ConvTranspose2d", "Embedding small",
+                       "Embedding padding_idx", "EmbeddingBag", "Bilinear"]  # fmt: skip
+_AFTER: dict[str, Callable[[nn.Module], object]] = {
+    "reset_parameters": lambda m: [
+        sub.reset_parameters() for sub in m.modules() if hasattr(sub, "reset_parameters")
+    ],
+    "weight_norm": nn.utils.parametrizations.weight_norm,
+    "spectral_norm": nn.utils.parametrizations.spectral_norm,
+}
+
+
+@pytest.mark.parametrize(
+    ("module", "after"),
+    [(m, "reset_parameters") for m in _MODULES]
+    + [(m, a) for m in _WITH_MATRIX_WEIGHT for a in ("weight_norm", "spectral_norm")],
+)
+def test_module_inits_after_the_context_equal_eager(module: str, after: str) -> None:
+    eager, lazy = _pair(_MODULES[module], _AFTER[after])
     materialize(lazy)
     assert_same(eager, lazy)
 
@@ -207,8 +304,49 @@ _CALLER_MODES: dict[str, Callable[[], contextlib.AbstractContextManager[object]]
     "no_grad": torch.no_grad,
     "set_grad_enabled(False)": lambda: torch.set_grad_enabled(False),
     "default dtype float64": lambda: _default_dtype(torch.float64),
+    "default dtype bfloat16": lambda: _default_dtype(torch.bfloat16),
     "default device meta": lambda: torch.device("meta"),
+    "autocast disabled": lambda: torch.autocast("cpu", enabled=False),
+    "inference_mode in no_grad": lambda: _stacked(torch.no_grad(), torch.inference_mode()),
+    "detect_anomaly": torch.autograd.detect_anomaly,
+    "saved_tensors_hooks": lambda: torch.autograd.graph.saved_tensors_hooks(_same, _same),
+    "forward AD level": torch.autograd.forward_ad.dual_level,
+    "deterministic algorithms": lambda: _deterministic(),
+    "a user TorchFunctionMode": lambda: _PassFunctions(),
+    "a user TorchDispatchMode": lambda: _PassOps(),
+    "sdpa_kernel MATH": lambda: nn.attention.sdpa_kernel(nn.attention.SDPBackend.MATH),
 }
+
+
+def _same(x: object) -> object:
+    return x
+
+
+@contextlib.contextmanager
+def _stacked(*modes: contextlib.AbstractContextManager[object]) -> Iterator[None]:
+    with contextlib.ExitStack() as stack:
+        for mode in modes:
+            stack.enter_context(mode)
+        yield
+
+
+@contextlib.contextmanager
+def _deterministic() -> Iterator[None]:
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+class _PassFunctions(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        return func(*args, **(kwargs or {}))
+
+
+class _PassOps(TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("mode", sorted(_CALLER_MODES))
