@@ -127,10 +127,9 @@ def _exact_state_reads() -> Iterator[None]:
     does). ``fork_rng`` then restores eager's state, which the next random op sees as a seed.
     ``torch.default_generator.get_state()`` itself is a method of a C type, not replaceable.
     """
-    torch_module, random_module = torch, torch.random
     saved = [
         (module, name, getattr(module, name))
-        for module in (torch_module, random_module)
+        for module in (torch, torch.random)
         for name in ("get_rng_state", "initial_seed")
     ]
     for module, name, read in saved:

@@ -151,19 +151,11 @@ def install(
             if key not in INTERNAL_ATTRS:
                 new.__dict__[key] = value
         try:
-            try:
-                _swap(t, new)
-            except RuntimeError:
-                if _set_in_script(root, name, new):
-                    done.append(name)
-                    continue
-                # References in garbage not yet collected count too: a traceback's frames
-                # (torch.compile run on the lazy model failed, and its frames hold the tensors).
-                gc.collect()
-                _swap(t, new)
+            _put(root, name, t, new)
             del new  # now the lazy shell: drop it, and the references it held, at once
-            _rehook(t)
         except RuntimeError as e:
+            for held, grad in grads:  # (back on the lazy ones too: materialize can run again)
+                held.grad = grad
             raise MaterializationError(
                 f"could not materialize {name!r} in place: {e}. Something else holds a "
                 f"reference to its tensor (a view kept outside the module?). Materialized so "
@@ -178,6 +170,21 @@ def install(
         done.append(name)
     for held, grad in grads:
         held.grad = grad
+
+
+def _put(root: nn.Module | None, name: str, t: LazyTensor, new: torch.Tensor) -> None:
+    """Give ``t`` the value of ``new``: in place, by the swap; a tensor that a TorchScript module
+    holds, through that module."""
+    try:
+        _swap(t, new)
+    except RuntimeError:
+        if _set_in_script(root, name, new):
+            return
+        # References in garbage not yet collected count too: a traceback's frames (torch.compile
+        # run on the lazy model failed, and its frames hold the tensors).
+        gc.collect()
+        _swap(t, new)
+    _rehook(t)
 
 
 def _set_in_script(root: nn.Module | None, name: str, new: torch.Tensor) -> bool:
