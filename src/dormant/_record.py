@@ -110,40 +110,43 @@ _RANDOM_EXTRA = {aten.native_dropout, aten.rrelu_with_noise}
 
 # Ops that can fail on their inputs' values (an index out of range, an integer division by
 # zero), which meta kernels cannot see: eager fails at the op, replay only at materialize, so
-# these remember the model line to name it then.
-_FAILS_ON_VALUES = {
-    aten.index,
-    aten.index_put,
-    aten.index_put_,
-    aten._index_put_impl_,
-    aten.index_fill,
-    aten.index_fill_,
-    aten.index_copy,
-    aten.index_copy_,
-    aten.index_add,
-    aten.index_add_,
-    aten.index_select,
-    aten.gather,
-    aten.scatter,
-    aten.scatter_,
-    aten.scatter_add,
-    aten.scatter_add_,
-    aten.scatter_reduce,
-    aten.scatter_reduce_,
-    aten.embedding,
-    aten.take,
-    aten.take_along_dim,
-    aten.floor_divide,
-    aten.floor_divide_,
-    aten.remainder,
-    aten.remainder_,
-    aten.div,
-    aten.div_,
-    aten.fmod,
-    aten.fmod_,
-    aten.multinomial,
-    aten.one_hot,
-}
+# these remember the model line to name it then. By name: each ``aten.x`` made here would load
+# its overloads when dormant is imported.
+_FAILS_ON_VALUES = frozenset(
+    {
+        "index",
+        "index_put",
+        "index_put_",
+        "_index_put_impl_",
+        "index_fill",
+        "index_fill_",
+        "index_copy",
+        "index_copy_",
+        "index_add",
+        "index_add_",
+        "index_select",
+        "gather",
+        "scatter",
+        "scatter_",
+        "scatter_add",
+        "scatter_add_",
+        "scatter_reduce",
+        "scatter_reduce_",
+        "embedding",
+        "take",
+        "take_along_dim",
+        "floor_divide",
+        "floor_divide_",
+        "remainder",
+        "remainder_",
+        "div",
+        "div_",
+        "fmod",
+        "fmod_",
+        "multinomial",
+        "one_hot",
+    }
+)
 
 # Ops of a forward pass. Outside the context they mean a model is used before it was
 # materialized: an error then, rather than a lazy loss with no gradients.
@@ -259,7 +262,7 @@ class _Op:
         self.metadata_inplace = packet in _METADATA_INPLACE
         self.metadata_query = packet in _METADATA_QUERIES
         self.forward = packet in _FORWARD_OPS
-        self.fails_on_values = packet in _FAILS_ON_VALUES
+        self.fails_on_values = packet.__name__ in _FAILS_ON_VALUES
         # (their meta kernels give float tensors: known by name)
         self.quantizes = packet.__name__.startswith(_QUANTIZING)
         self.is_like = packet.__name__.endswith("_like")
