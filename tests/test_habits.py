@@ -227,6 +227,21 @@ def test_gradients_and_tensor_attributes_of_lazy_parameters_survive() -> None:
     assert_same(eager, lazy)
 
 
+def test_gradients_stay_on_lazy_parameters_when_materialize_fails() -> None:
+    with LazyInitContext():
+        model = nn.Linear(2, 2)
+    model.weight.grad = torch.ones(2, 2)
+    model.bias.grad = torch.ones(2)
+    held = model.bias.view(2)  # another reference: the swap of ``bias`` is refused
+    with pytest.raises(MaterializationError, match="'bias'"):
+        materialize(model)
+    assert is_lazy(model.bias) and torch.equal(model.bias.grad, torch.ones(2))
+    del held
+    materialize(model)  # and again, once the reference is gone
+    assert torch.equal(model.bias.grad, torch.ones(2))
+    assert torch.equal(model.weight.grad, torch.ones(2, 2))
+
+
 # --- tensors held in nested containers ------------------------------------------------------------
 
 
@@ -676,18 +691,3 @@ def test_parameter_subclasses_keep_their_class_and_init() -> None:
     assert lazy.tagged.tag == "expert"
     _train_step(lazy)
     assert lazy.plain.grad is not None
-
-
-def test_gradients_stay_on_lazy_parameters_when_materialize_fails() -> None:
-    with LazyInitContext():
-        model = nn.Linear(2, 2)
-    model.weight.grad = torch.ones(2, 2)
-    model.bias.grad = torch.ones(2)
-    held = model.bias.view(2)  # another reference: the swap of ``bias`` is refused
-    with pytest.raises(MaterializationError, match="'bias'"):
-        materialize(model)
-    assert is_lazy(model.bias) and torch.equal(model.bias.grad, torch.ones(2))
-    del held
-    materialize(model)  # and again, once the reference is gone
-    assert torch.equal(model.bias.grad, torch.ones(2))
-    assert torch.equal(model.weight.grad, torch.ones(2, 2))
