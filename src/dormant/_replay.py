@@ -410,6 +410,8 @@ class _Execution:
                 if node.default_dtype is not None:
                     with default_dtype(node.default_dtype):
                         out = self._call(node, call_args, call_kwargs, lane)
+                elif node.rng is None:  # (the common case, without a call of its own)
+                    out = node.op(*call_args, **call_kwargs)
                 else:
                     out = self._call(node, call_args, call_kwargs, lane)
             except DormantError:
