@@ -66,6 +66,8 @@ class LazyTensor(torch.Tensor):
 
     _meta: torch.Tensor
     _lazy_storage: LazyStorage
+    # The subclass of nn.Parameter a lazy tensor stands for, if any (see ``lazy_subclass``).
+    eager_class: type | None = None
 
     @staticmethod
     def __new__(

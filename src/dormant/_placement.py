@@ -159,7 +159,7 @@ def install(
         new: torch.Tensor
         if isinstance(t, nn.Parameter):
             new = nn.Parameter(real, requires_grad=t.requires_grad)
-            if (eager_class := getattr(type(t), "eager_class", None)) is not None:
+            if (eager_class := type(t).eager_class) is not None:
                 new.__class__ = eager_class  # a subclass of nn.Parameter (see lazy_subclass)
         else:
             new = real.requires_grad_(t.requires_grad) if real.is_floating_point() else real
