@@ -200,7 +200,14 @@ def _put(root: nn.Module | None, name: str, t: LazyTensor, new: torch.Tensor) ->
         # run on the lazy model failed, and its frames hold the tensors).
         gc.collect()
         _swap(t, new)
-    _rehook(t)
+    # Gradient hooks registered while ``t`` was lazy (``register_hook``,
+    # ``register_post_accumulate_grad_hook``): their dicts stay with the Python object, but the
+    # swap left them registered on the lazy C++ tensor; setting them again registers them on the
+    # real one (the same dicts, so the handles still remove them).
+    if (hooks := t._backward_hooks) is not None:
+        t._backward_hooks = hooks
+    if (post := t._post_accumulate_grad_hooks) is not None:
+        t._post_accumulate_grad_hooks = post
 
 
 def _set_in_script(root: nn.Module | None, name: str, new: torch.Tensor) -> bool:
@@ -222,17 +229,6 @@ def _set_in_script(root: nn.Module | None, name: str, new: torch.Tensor) -> bool
         return False
     setattr(owner, attr, new)
     return True
-
-
-def _rehook(t: torch.Tensor) -> None:
-    """Gradient hooks registered while ``t`` was lazy (``register_hook``,
-    ``register_post_accumulate_grad_hook``): their dicts stay with the Python object, but the
-    swap left them registered on the lazy C++ tensor; setting them again registers them on the
-    real one (the same dicts, so the handles still remove them)."""
-    if (hooks := t._backward_hooks) is not None:
-        t._backward_hooks = hooks
-    if (post := t._post_accumulate_grad_hooks) is not None:
-        t._post_accumulate_grad_hooks = post
 
 
 def _swap(t: torch.Tensor, new: torch.Tensor) -> None:

@@ -274,9 +274,10 @@ class _Execution:
         on_cpu = all(s.device.type == "cpu" for s in self.plan.storages.values()) and all(
             node.rng is None or node.rng.device.type == "cpu" for node, _ in self.plan.nodes
         )
+        if self.threads <= 1 or not on_cpu:
+            return [self.plan.nodes]
         # (the default dtype is one per process: a node run under its own needs one thread)
-        own_dtype = any(node.default_dtype is not None for node, _ in self.plan.nodes)
-        if self.threads <= 1 or not on_cpu or own_dtype:
+        if any(node.default_dtype is not None for node, _ in self.plan.nodes):
             return [self.plan.nodes]
         return _batches(self.plan.nodes, self.threads)
 
