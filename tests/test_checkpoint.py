@@ -370,3 +370,143 @@ def test_lazy_load_peaks_near_the_model_size(tmp_path: Path) -> None:
     # lazily the model is filled tensor by tensor. RSS also counts the file pages being read.
     assert lazy < 1.5 * model_bytes, f"lazy load peak {lazy / 2**20:.0f} MiB"
     assert lazy < 0.75 * eager, f"lazy {lazy / 2**20:.0f} MiB, eager {eager / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "torch"])
+def test_both_names_of_a_tied_weight_with_different_values_are_an_error(
+    fmt: str, tmp_path: Path
+) -> None:
+    state = dict(source_state())
+    state["head.weight"] = state["embed.weight"] + 1  # untied in the file
+    if fmt == "safetensors":
+        save_file(state, tmp_path / "model.safetensors")
+        path = tmp_path / "model.safetensors"
+    else:
+        torch.save(state, tmp_path / "model.pt")
+        path = tmp_path / "model.pt"
+    torch.manual_seed(0)
+    with LazyInitContext():
+        model = Net()
+    with pytest.raises(CheckpointError, match=r"'embed\.weight' and 'head\.weight'.*tied"):
+        load_checkpoint(model, path)
+    materialize(model)
+    torch.manual_seed(0)
+    assert_same(Net(), model)  # nothing was loaded
+    # The same values under both names load, as one tensor.
+    state["head.weight"] = state["embed.weight"]
+    save_file({k: v.clone() for k, v in state.items()}, tmp_path / "same.safetensors")
+    load_checkpoint(model, tmp_path / "same.safetensors")
+    assert torch.equal(model.head.weight, state["embed.weight"])
+    assert model.head.weight is model.embed.weight
+
+
+# --- every dtype safetensors writes, extra state, trainer layouts --------------------------------
+
+SAFETENSORS_DTYPES = [
+    torch.float8_e4m3fn,
+    torch.float8_e5m2,
+    torch.float8_e4m3fnuz,
+    torch.float8_e5m2fnuz,
+    torch.uint16,
+    torch.uint32,
+    torch.uint64,
+    torch.complex64,
+]
+
+
+class Typed(nn.Module):
+    def __init__(self, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.register_buffer("packed", torch.zeros(6, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", SAFETENSORS_DTYPES, ids=str)
+def test_every_dtype_safetensors_writes_loads(dtype: torch.dtype, tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    bits = torch.randint(0, 120, (6 * dtype.itemsize,), dtype=torch.uint8)
+    state = {"lin.weight": torch.randn(4, 4), "lin.bias": torch.randn(4)}
+    state["packed"] = bits.view(dtype)
+    save_file(state, tmp_path / "m.safetensors")
+    with LazyInitContext():
+        model = Typed(dtype)
+    load_checkpoint(model, tmp_path / "m.safetensors")
+    materialize(model)
+    assert model.packed.dtype == dtype
+    assert torch.equal(model.packed.view(torch.uint8), bits)  # bit for bit
+    assert torch.equal(model.lin.weight, state["lin.weight"])
+
+
+class WithExtraState(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.inner = Counter()
+
+
+class Counter(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.steps = 0
+        self.scale = torch.ones(2)
+
+    def get_extra_state(self) -> object:
+        return {"steps": self.steps, "scale": self.scale}
+
+    def set_extra_state(self, state: object) -> None:
+        assert isinstance(state, dict)
+        self.steps, self.scale = state["steps"], state["scale"]
+
+
+def test_extra_state_is_restored_as_load_state_dict_does(tmp_path: Path) -> None:
+    torch.manual_seed(5)
+    source = WithExtraState()
+    source.inner.steps, source.inner.scale = 7, torch.tensor([3.0, 4.0])
+    torch.save(source.state_dict(), tmp_path / "model.pt")
+    eager = WithExtraState()
+    eager.load_state_dict(torch.load(tmp_path / "model.pt"))
+    with LazyInitContext():
+        model = WithExtraState()
+    result = load_checkpoint(model, tmp_path / "model.pt")
+    assert "inner._extra_state" in result.loaded
+    materialize(model)
+    assert_same(eager, model)
+    assert model.inner.steps == 7 and torch.equal(model.inner.scale, torch.tensor([3.0, 4.0]))
+
+
+@pytest.mark.parametrize(
+    ("layout", "found"),
+    [
+        ("trainer", "'state_dict.'"),  # {"state_dict": ..., "epoch": n}
+        ("ddp", "'module.'"),  # DistributedDataParallel's prefix
+        ("both", "'model.module.'"),
+    ],
+)
+def test_trainer_layouts_load_and_say_what_was_found(
+    layout: str, found: str, tmp_path: Path
+) -> None:
+    state = source_state()
+    ddp = {f"module.{k}": v for k, v in state.items()}
+    saved = {
+        "trainer": {"state_dict": state, "epoch": 3, "optimizer": {"lr": 0.1}},
+        "ddp": ddp,
+        "both": {"model": ddp, "step": 10},
+    }[layout]
+    torch.save(saved, tmp_path / "ckpt.pt")
+    model = lazy_net()
+    result = load_checkpoint(model, tmp_path / "ckpt.pt")
+    assert found in result.layout
+    materialize(model)
+    assert_same(eager_reference(state), model)
+
+
+def test_a_checkpoint_with_no_key_of_the_model_is_an_error_even_when_not_strict(
+    tmp_path: Path,
+) -> None:
+    save_file(
+        {"encoder.w": torch.zeros(2), "decoder.w": torch.zeros(2)}, tmp_path / "m.safetensors"
+    )
+    model = lazy_net()
+    with pytest.raises(CheckpointError, match=r"holds no key of the model.*'decoder\.w'.*'body"):
+        load_checkpoint(model, tmp_path / "m.safetensors", strict=False)
+    assert is_lazy(model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import os
 import threading
@@ -17,7 +18,15 @@ from . import _rng
 from ._materialize import materialize
 from ._record import record_op
 from ._replay import run_for_draws
-from ._session import RngMode, lock, normalize_device, session
+from ._session import (
+    RngMode,
+    lock,
+    normalize_device,
+    real_execution,
+    recording_active,
+    session,
+)
+from .errors import DormantError
 
 
 class _RecordingMode(TorchDispatchMode):
@@ -94,6 +103,72 @@ def _context_device(device: str | int | torch.device | None) -> torch.device:
     return resolved
 
 
+def _synced(read: Any) -> Any:
+    """``read`` (a read of the default CPU generator), after putting the generator where eager
+    construction would have it by now, when called on the recording thread."""
+
+    @functools.wraps(read)
+    def synced(*args: Any, **kwargs: Any) -> Any:
+        if recording_active():
+            with real_execution():  # (positions are computed with real ops)
+                _rng.place_for_real_draw(None, torch.device("cpu"), run_for_draws)
+        return read(*args, **kwargs)
+
+    return synced
+
+
+@contextlib.contextmanager
+def _exact_state_reads() -> Iterator[None]:
+    """Model code that reads the default generator's state (``torch.get_rng_state()``,
+    ``torch.random.fork_rng()``, ``torch.initial_seed()``) reads eager's state.
+
+    Recording draws nothing, so the real generator does not move while random ops are recorded;
+    these reads first place it where eager's would stand (as a real draw inside the context
+    does). ``fork_rng`` then restores eager's state, which the next random op sees as a seed.
+    ``torch.default_generator.get_state()`` itself is a method of a C type, not replaceable.
+    """
+    saved = [
+        (module, name, getattr(module, name))
+        for module in (torch, torch.random)
+        for name in ("get_rng_state", "initial_seed")
+    ]
+    for module, name, read in saved:
+        setattr(module, name, _synced(read))
+    try:
+        yield
+    finally:
+        for module, name, read in saved:
+            setattr(module, name, read)
+
+
+_REGISTER_PARAMETER = torch.nn.Module.register_parameter
+_REGISTER_BUFFER = torch.nn.Module.register_buffer
+
+
+def _meta_habit() -> str | None:
+    """What puts every tensor built inside on the meta device, if something does: accelerate's
+    ``init_empty_weights`` (it patches ``register_parameter``), ``with torch.device("meta")``."""
+    if torch.get_default_device().type == "meta":
+        return 'torch.device("meta") (or accelerate\'s init_empty_weights(include_buffers=True))'
+    for original, name in (
+        (_REGISTER_PARAMETER, "register_parameter"),
+        (_REGISTER_BUFFER, "register_buffer"),
+    ):
+        patched = getattr(torch.nn.Module, name)
+        if patched is original:
+            continue
+        cells = getattr(patched, "__closure__", None) or ()
+        for cell in cells:
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+            if isinstance(value, torch.device) and value.type == "meta":
+                where = getattr(patched, "__module__", None) or "a library"
+                return f"nn.Module.{name} patched by {where} (accelerate's init_empty_weights)"
+    return None
+
+
 class LazyInitContext:
     """Build modules without allocating their tensors.
 
@@ -160,6 +235,14 @@ class LazyInitContext:
                 session.depth += 1
                 self._entered.append(None)
                 return self
+            habit = _meta_habit()
+            if habit is not None:
+                raise DormantError(
+                    f"LazyInitContext entered under {habit}: every parameter would be built on "
+                    "the meta device, with no values for materialize to compute. LazyInitContext "
+                    "replaces it: drop the outer context (materialize(model) gives the values; "
+                    "booster.boost(model) shards first)"
+                )
             session.start(self.default_device, self.rng)
         _rng.begin_session()
         try:
@@ -167,6 +250,7 @@ class LazyInitContext:
             if self.default_device.type != "cpu":
                 modes.append(torch.device(self.default_device))
             modes.append(_library_settings())
+            modes.append(_exact_state_reads())
             modes.append(_young_collections_only())
             modes.append(_RecordingMode())
             for mode in modes:

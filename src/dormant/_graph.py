@@ -153,12 +153,14 @@ class Node:
     __slots__ = (
         "__weakref__",
         "_label",
+        "default_dtype",
         "flat_args",
         "op",
         "reads",
         "rng",
         "seq",
         "spec",
+        "where",
         "writes",
     )
 
@@ -176,6 +178,12 @@ class Node:
         self.reads: Sequence[TensorRef] = ()  # set once, when the node reads anything
         self.writes: list[Write] = []
         self.rng: Any = None  # an ``_rng.RngStep`` for ops that draw random numbers
+        # ``torch.get_default_dtype()`` when recorded, if not float32: it decides the result of
+        # ``int_tensor / 3`` (see ``_record._add_node``).
+        self.default_dtype: torch.dtype | None = None
+        # ``file:line`` of the model code, for ops that can fail on values only replay sees
+        # (an index out of range): kept for those alone, since finding it costs a stack walk.
+        self.where: str | None = None
         self._label = label
 
     @property

@@ -13,6 +13,8 @@ of the class, each one small function: see [Note: Python-level behaviours].
 from __future__ import annotations
 
 import copy
+import functools
+import sys
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
@@ -66,6 +68,8 @@ class LazyTensor(torch.Tensor):
 
     _meta: torch.Tensor
     _lazy_storage: LazyStorage
+    # The subclass of nn.Parameter a lazy tensor stands for, if any (see ``lazy_subclass``).
+    eager_class: type | None = None
 
     @staticmethod
     def __new__(
@@ -113,6 +117,18 @@ class LazyTensor(torch.Tensor):
         """
         recorder.materialize(self)
         return self
+
+    @property
+    def _is_param(self) -> bool:
+        return bool(self.__dict__.get("_is_param", False))
+
+    @_is_param.setter
+    def _is_param(self, value: bool) -> None:
+        # ``nn.Parameter(lazy)`` marks the lazy tensor itself as a parameter: a subclass of
+        # nn.Parameter would be lost there (see ``_parameter_subclass``).
+        self.__dict__["_is_param"] = value
+        if value:
+            _parameter_subclass(self, sys._getframe(1))
 
     @property
     def is_meta(self) -> bool:  # type: ignore[override]
@@ -238,6 +254,39 @@ def _deepcopy(t: LazyTensor, memo: dict[int, Any]) -> torch.Tensor:
             setattr(new, key, copy.deepcopy(value, memo))
     memo[id(t)] = new
     return new
+
+
+_PARAMETER_NEW = torch.nn.Parameter.__new__.__code__
+
+
+def _parameter_subclass(t: LazyTensor, frame: Any) -> None:
+    """``MyParam(lazy)`` for a subclass of ``nn.Parameter``: its ``__new__`` marks and returns the
+    lazy tensor, of class LazyTensor, so Python would skip ``MyParam.__init__`` and
+    ``materialize`` would give a plain Parameter. The lazy tensor becomes a lazy ``MyParam``
+    instead (a class deriving from both), which ``__init__`` runs on and placement turns into a
+    real ``MyParam``."""
+    if frame is None or frame.f_code is not _PARAMETER_NEW:
+        return
+    cls = frame.f_locals.get("cls")
+    if cls is torch.nn.Parameter or not isinstance(cls, type) or isinstance(t, cls):
+        return
+    t.__class__ = lazy_subclass(cls)
+
+
+@functools.cache
+def lazy_subclass(cls: type) -> type:
+    """A lazy tensor class that is also a ``cls`` (a subclass of ``nn.Parameter``)."""
+    init = next((vars(base)["__init__"] for base in cls.__mro__ if "__init__" in vars(base)), None)
+    if init is object.__init__:
+        init = None  # (nn.Parameter has none: object's would refuse the arguments)
+
+    def __init__(self: LazyTensor, *args: Any, **kwargs: Any) -> None:
+        if init is not None:
+            init(self, *args, **kwargs)
+
+    return type(
+        f"Lazy{cls.__name__}", (LazyTensor, cls), {"__init__": __init__, "eager_class": cls}
+    )
 
 
 def _reparameter(data: torch.Tensor, attrs: dict[str, Any]) -> Any:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Literal, overload
 
 import torch
@@ -11,7 +12,14 @@ from torch import nn
 
 from . import _replay
 from ._lazy_tensor import LazyTensor
-from ._placement import compute_local, install, lazy_local, module_tensors, sharded_lazy
+from ._placement import (
+    SlotKind,
+    compute_local,
+    install,
+    lazy_local,
+    module_tensors,
+    sharded_lazy,
+)
 from ._report import MaterializeReport
 from .errors import MaterializationError
 
@@ -50,9 +58,10 @@ def materialize(
 
     Values are bit for bit those of eager construction from the same RNG state, in any order of
     materialization (one submodule at a time works too). Parameters, buffers and tensors held as
-    plain attributes (also in lists and dicts) keep their identity: tied weights stay tied and
-    references taken earlier stay valid. Generators' states are left as they were. Calling it on
-    a module with nothing lazy does nothing.
+    plain attributes (also in nested lists, tuples, dicts, sets, dataclasses and namespaces, and
+    a parameter's ``.grad`` and tensor attributes) keep their identity: tied weights stay tied
+    and references taken earlier stay valid; gradient hooks stay registered. Generators'
+    states are left as they were. Calling it on a module with nothing lazy does nothing.
 
     Args:
         module: the module to materialize, in place.
@@ -110,6 +119,8 @@ def _materialize(
             report.add(slot.name, slot.kind, t.numel(), inner._lazy_storage.early, lazy=True)
         else:
             report.add(slot.name, slot.kind, t.numel(), [], lazy=False)
+            if t.is_meta and slot.kind is not SlotKind.ATTRIBUTE:
+                report.meta.append(slot.name)
         if isinstance(t, LazyTensor):
             lazy[id(t)] = (slot.name, t)
     # Local shards left by the user's own sharding code: each computed alone, shard only (see
@@ -117,15 +128,22 @@ def _materialize(
     local = {id(t): (name, t) for name, t in sharded_lazy(module)}
     if local:
         values, report.shard_elements, report.whole = compute_local(local)
-        install(local, values)
+        install(local, values, module)
         del values
     if lazy:
         stats = _replay.ReplayStats()
         storages = [t._lazy_storage for _, t in lazy.values()]
-        values = _replay.compute(storages, progress=progress, stats=stats, threads=threads)
+        try:
+            values = _replay.compute(storages, progress=progress, stats=stats, threads=threads)
+        except MaterializationError as e:
+            raise _naming(e, lazy.values()) from e
         report.ops_replayed, report.random_ops = stats.ops, stats.random_ops
         report.threads = stats.threads
-        install(lazy, values)
+        # Normal tensors, whatever mode the caller is in (leaving inference mode also turns grad
+        # mode on: only when in it).
+        inference = torch.is_inference_mode_enabled()
+        with torch.inference_mode(False) if inference else contextlib.nullcontext():
+            install(lazy, values, module)
         del values, lazy
     left = [name for name, _ in lazy_tensors(module)]
     if left:  # never a silent half-materialized model
@@ -146,6 +164,20 @@ def lazy_tensors(module: nn.Module) -> Iterator[tuple[str, LazyTensor]]:
         if isinstance(slot.tensor, LazyTensor):
             yield slot.name, slot.tensor
     yield from sharded_lazy(module)
+
+
+def _naming(
+    error: MaterializationError, lazy: Iterable[tuple[str, LazyTensor]]
+) -> MaterializationError:
+    """``error`` from replay, naming the module's tensors that the failing op wrote."""
+    written: set[int] = getattr(error, "storages", set())
+    names = sorted({name for name, t in lazy if id(t._lazy_storage) in written})
+    if not names:
+        return error
+    shown = ", ".join(repr(n) for n in names[:5])
+    return MaterializationError(
+        f"materializing {shown} (nothing was materialized): {error}", name=names[0]
+    )
 
 
 def is_lazy(obj: torch.Tensor | nn.Module) -> bool:

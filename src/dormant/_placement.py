@@ -9,14 +9,18 @@ real values.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import gc
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import torch
 from torch import nn
+from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
 from ._graph import view_of
 from ._lazy_tensor import INTERNAL_ATTRS, LazyTensor
@@ -42,69 +46,132 @@ class Slot(NamedTuple):  # a tuple: made once per tensor at every scan of a mode
 
 
 def module_tensors(module: nn.Module) -> Iterator[Slot]:
-    """Every tensor a module holds, tied ones once per place they are held."""
+    """Every tensor a module holds, tied ones once per place they are held; and every tensor
+    those carry (``p.grad``, ``p.main_grad``), named after them."""
     for prefix, mod in module.named_modules(remove_duplicate=True):
         dot = f"{prefix}." if prefix else ""
         for name, p in mod._parameters.items():
-            if p is not None:
+            if p is not None and not isinstance(p, _UNINITIALIZED):
                 yield Slot(dot + name, SlotKind.PARAMETER, p)
+                yield from _carried(dot + name, p)
         for name, b in mod._buffers.items():
-            if b is not None:
+            if b is not None and not isinstance(b, _UNINITIALIZED):
                 yield Slot(dot + name, SlotKind.BUFFER, b)
+                yield from _carried(dot + name, b)
         for name, value in vars(mod).items():
             if name in _MODULE_OWN:
                 continue
             # Most attributes hold neither a tensor nor a container: no generator for them. By
             # type: isinstance would also ask an object for ``__class__``, and a transformers
             # config answers that through its own Python ``__getattribute__``.
-            if issubclass(type(value), _HOLDERS):
-                yield from _attribute_tensors(dot + name, value)
+            holds = _HOLDING.get(type(value))
+            if holds or (holds is None and _holds_tensors(type(value))):
+                yield from _attribute_tensors(dot + name, value, set())
 
 
-_HOLDERS = (torch.Tensor, list, tuple, dict)
+# ``nn.LazyLinear``'s parameters before its first forward: no shape, no values, nothing to do.
+_UNINITIALIZED = (UninitializedParameter, UninitializedBuffer)
+_HOLDERS = (torch.Tensor, list, tuple, dict, set, frozenset, SimpleNamespace)
 # What every nn.Module keeps for itself (registries and hook dicts, a dozen dicts per module):
 # parameters and buffers are read above, hooks hold no tensors.
 _MODULE_OWN = frozenset(vars(nn.Module()))
 
 
-def _attribute_tensors(name: str, value: object) -> Iterator[Slot]:
+def _holds_tensors(kind: type) -> bool:
+    """Whether values of type ``kind`` may hold tensors that materialize must find; the answer
+    is kept in ``_HOLDING`` (``hasattr`` on a type without the attribute raises inside)."""
+    holds = _HOLDING.get(kind)
+    if holds is None:
+        holds = _HOLDING[kind] = issubclass(kind, _HOLDERS) or hasattr(kind, "__dataclass_fields__")
+    return holds
+
+
+_HOLDING: dict[type, bool] = {}  # by type, asked at every scan of every module attribute
+
+
+def _carried(name: str, t: torch.Tensor) -> list[Slot]:
+    """Tensors a tensor carries: its gradient (a leaf's only: reading a non-leaf's warns) and
+    tensors set as its attributes (Megatron's ``main_grad``). A list, not a generator: most
+    tensors carry none, and a generator per tensor doubled the time of a scan."""
+    found = []
+    if t.is_leaf and (grad := t.grad) is not None:
+        found.append(Slot(f"{name}.grad", SlotKind.ATTRIBUTE, grad))
+    attrs = t.__dict__
+    if attrs and not attrs.keys() <= INTERNAL_ATTRS:
+        for key, value in attrs.items():
+            if key not in INTERNAL_ATTRS and isinstance(value, torch.Tensor):
+                found.append(Slot(f"{name}.{key}", SlotKind.ATTRIBUTE, value))
+    return found
+
+
+def _attribute_tensors(name: str, value: object, seen: set[int]) -> Iterator[Slot]:
+    """Tensors held in an attribute, however deep in containers (lists, tuples, dicts, sets,
+    dataclasses, namespaces); ``seen`` guards against cycles."""
     if isinstance(value, torch.Tensor):
         yield Slot(name, SlotKind.ATTRIBUTE, value)
+        yield from _carried(name, value)
+        return
+    if id(value) in seen:
+        return
+    seen.add(id(value))
+    items: Iterable[tuple[str, object]]
+    if isinstance(value, dict):
+        items = ((f"[{key!r}]", item) for key, item in value.items())
     elif isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            if isinstance(item, torch.Tensor):
-                yield Slot(f"{name}[{i}]", SlotKind.ATTRIBUTE, item)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            if isinstance(item, torch.Tensor):
-                yield Slot(f"{name}[{key!r}]", SlotKind.ATTRIBUTE, item)
+        items = ((f"[{i}]", item) for i, item in enumerate(value))
+    elif isinstance(value, (set, frozenset)):
+        items = ((f"{{{i}}}", item) for i, item in enumerate(value))
+    elif isinstance(value, SimpleNamespace):
+        items = ((f".{key}", item) for key, item in vars(value).items())
+    elif dataclasses.is_dataclass(value):
+        # (``fields()``, not ``vars()``: a slotted dataclass has no ``__dict__``)
+        items = ((f".{f.name}", getattr(value, f.name, None)) for f in dataclasses.fields(value))
+    else:
+        return
+    for suffix, item in items:
+        if _holds_tensors(type(item)):
+            yield from _attribute_tensors(name + suffix, item, seen)
 
 
 def install(
-    tensors: dict[int, tuple[str, LazyTensor]], values: dict[int, torch.UntypedStorage]
+    tensors: dict[int, tuple[str, LazyTensor]],
+    values: dict[int, torch.UntypedStorage],
+    root: nn.Module | None = None,
 ) -> None:
-    """Turn each lazy tensor into a real one over ``values[id(its storage)]``, in place."""
+    """Turn each lazy tensor into a real one over ``values[id(its storage)]``, in place (``root``,
+    the module the names are relative to, for tensors only a TorchScript module can replace)."""
     # Views and results of autograd ops (old-style weight_norm's ``weight``) hold references to
     # other tensors; swap them first so that those are free to swap.
     order = sorted(
         tensors.values(), key=lambda item: (item[1]._base is None, item[1].grad_fn is None)
     )
     done: list[str] = []
+    # Gradients live in the C++ tensor that the swap replaces: taken off first (a lazy one is
+    # installed in place like any tensor, and must not be held by another), set back at the end.
+    grads: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for _, t in order:
+        if t.is_leaf and (grad := t.grad) is not None:
+            grads.append((t, grad))
+            t.grad = None
     for name, t in order:
         storage = t._lazy_storage
         real = view_of(values[id(storage)], t._meta)
         new: torch.Tensor
         if isinstance(t, nn.Parameter):
             new = nn.Parameter(real, requires_grad=t.requires_grad)
+            if (eager_class := type(t).eager_class) is not None:
+                new.__class__ = eager_class  # a subclass of nn.Parameter (see lazy_subclass)
         else:
             new = real.requires_grad_(t.requires_grad) if real.is_floating_point() else real
         for key, value in t.__dict__.items():
             if key not in INTERNAL_ATTRS:
                 new.__dict__[key] = value
         try:
-            _swap(t, new)
+            _put(root, name, t, new)
             del new  # now the lazy shell: drop it, and the references it held, at once
         except RuntimeError as e:
+            for held, grad in grads:  # (back on the lazy ones too: materialize can run again)
+                held.grad = grad
             raise MaterializationError(
                 f"could not materialize {name!r} in place: {e}. Something else holds a "
                 f"reference to its tensor (a view kept outside the module?). Materialized so "
@@ -117,6 +184,51 @@ def install(
         # share it, as views do in eager.
         storage.cache, storage.cache_version = values[id(storage)], storage.version
         done.append(name)
+    for held, grad in grads:
+        held.grad = grad
+
+
+def _put(root: nn.Module | None, name: str, t: LazyTensor, new: torch.Tensor) -> None:
+    """Give ``t`` the value of ``new``: in place, by the swap; a tensor that a TorchScript module
+    holds, through that module."""
+    try:
+        _swap(t, new)
+    except RuntimeError:
+        if _set_in_script(root, name, new):
+            return
+        # References in garbage not yet collected count too: a traceback's frames (torch.compile
+        # run on the lazy model failed, and its frames hold the tensors).
+        gc.collect()
+        _swap(t, new)
+    # Gradient hooks registered while ``t`` was lazy (``register_hook``,
+    # ``register_post_accumulate_grad_hook``): their dicts stay with the Python object, but the
+    # swap left them registered on the lazy C++ tensor; setting them again registers them on the
+    # real one (the same dicts, so the handles still remove them).
+    if (hooks := t._backward_hooks) is not None:
+        t._backward_hooks = hooks
+    if (post := t._post_accumulate_grad_hooks) is not None:
+        t._post_accumulate_grad_hooks = post
+
+
+def _set_in_script(root: nn.Module | None, name: str, new: torch.Tensor) -> bool:
+    """Put ``new`` in place of the tensor called ``name`` if a TorchScript module holds it.
+
+    A scripted module (``torch.jit.script`` in model code) holds its tensors in its C++ object,
+    which keeps a reference the swap cannot take over; the module's own ``setattr`` replaces it
+    there. The lazy tensor object is not the module's any more (a reference taken before, an
+    optimizer's, still sees the lazy one: script after materializing to keep identity).
+    """
+    if root is None:
+        return False
+    prefix, _, attr = name.rpartition(".")
+    try:
+        owner = root.get_submodule(prefix)
+    except AttributeError:
+        return False
+    if not isinstance(owner, torch.jit.ScriptModule):
+        return False
+    setattr(owner, attr, new)
+    return True
 
 
 def _swap(t: torch.Tensor, new: torch.Tensor) -> None:

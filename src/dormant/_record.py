@@ -110,6 +110,46 @@ _METADATA_QUERIES = {
 
 _RANDOM_EXTRA = {aten.native_dropout, aten.rrelu_with_noise}
 
+# Ops that can fail on their inputs' values (an index out of range, an integer division by
+# zero), which meta kernels cannot see: eager fails at the op, replay only at materialize, so
+# these remember the model line to name it then. By name: each ``aten.x`` made here would load
+# its overloads when dormant is imported.
+_FAILS_ON_VALUES = frozenset(
+    {
+        "index",
+        "index_put",
+        "index_put_",
+        "_index_put_impl_",
+        "index_fill",
+        "index_fill_",
+        "index_copy",
+        "index_copy_",
+        "index_add",
+        "index_add_",
+        "index_select",
+        "gather",
+        "scatter",
+        "scatter_",
+        "scatter_add",
+        "scatter_add_",
+        "scatter_reduce",
+        "scatter_reduce_",
+        "embedding",
+        "take",
+        "take_along_dim",
+        "floor_divide",
+        "floor_divide_",
+        "remainder",
+        "remainder_",
+        "div",
+        "div_",
+        "fmod",
+        "fmod_",
+        "multinomial",
+        "one_hot",
+    }
+)
+
 # Ops of a forward pass. Outside the context they mean a model is used before it was
 # materialized: an error then, rather than a lazy loss with no gradients.
 _FORWARD_OPS = {
@@ -166,9 +206,11 @@ class _Op:
 
     __slots__ = (
         "alias_args",
+        "arg_check",
         "call",
         "device_kw_only",
         "factory_schema",
+        "fails_on_values",
         "fast",
         "forward",
         "func",
@@ -182,6 +224,7 @@ class _Op:
         "metadata_query",
         "mutated",
         "names",
+        "quantizes",
         "returns",
         "returns_values",
         "same_geometry",
@@ -221,6 +264,9 @@ class _Op:
         self.metadata_inplace = packet in _METADATA_INPLACE
         self.metadata_query = packet in _METADATA_QUERIES
         self.forward = packet in _FORWARD_OPS
+        self.fails_on_values = packet.__name__ in _FAILS_ON_VALUES
+        # (their meta kernels give float tensors: known by name)
+        self.quantizes = packet.__name__.startswith(_QUANTIZING)
         self.is_like = packet.__name__.endswith("_like")
         # A view with its input's geometry (``nn.Parameter`` detaches every tensor it wraps):
         # the lazy result can share the input's meta tensor instead of asking the kernel.
@@ -229,6 +275,7 @@ class _Op:
         self.device_kw_only = all(a.kwarg_only for a in schema.arguments if a.name == "device")
         self.has_dtype = "dtype" in self.names
         self.meta_shortcut: _MetaShortcut | None = _META_SHORTCUTS.get(func)
+        self.arg_check: Callable[[dict[str, Any]], bool] | None = _ARG_CHECKS.get(func)
         self.fast: _FastPath | None = _fast_path(self, schema)
 
     def meta(self, bound: Any, meta_args: Any, meta_kwargs: dict[str, Any]) -> Any:
@@ -342,6 +389,15 @@ def record_op(
             tensor=describe(lazy[0]),
             op=str(func),
         )
+    if not in_context and func is _EMPTY_LIKE and _called_from(_TO_EMPTY):
+        raise UnsupportedOpError(
+            f"module.to_empty() on a lazy {describe(lazy[0])}: it would replace the recorded "
+            "values with uninitialized memory. A lazy model needs no to_empty: call "
+            "dormant.materialize(model) (it computes on the context's default_device: build "
+            "under LazyInitContext(default_device=...) for another device), or "
+            "booster.boost(model)",
+            op="torch.nn.Module.to_empty",
+        )
     if op.metadata_inplace:
         raise UnsupportedOpError(
             f"{func} changes the metadata of a lazy {describe(lazy[0])} in place, which dormant "
@@ -354,6 +410,21 @@ def record_op(
         # ``real.copy_(lazy)``: the real tensor must hold the value now.
         return _run_forced(func, args, kwargs, in_context)
     return _record(op, args, kwargs, flat, layout, tensors)
+
+
+_EMPTY_LIKE = aten.empty_like.default
+_TO_EMPTY = torch.nn.Module.to_empty.__code__
+
+
+def _called_from(code: Any) -> bool:
+    """Whether a caller runs ``code`` (the whole stack: ``_apply`` recurses once per level of
+    modules; asked only of ops that are rare outside the context)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back  # type: ignore[assignment]
+    return False
 
 
 def _creates_tensor(op: _Op, tensors: list[torch.Tensor], device: Any) -> bool:
@@ -413,7 +484,9 @@ def _record(
     except NotImplementedError:
         # No meta kernel: compute the op for real (exactly, through replay) and keep its result.
         forced_out = _run_forced(func, args, kwargs, True)
+        _refuse_kinds(op, forced_out)
         meta_out = tree_unflatten(*_map_flat(_meta_of_output, forced_out))
+    _refuse_kinds(op, meta_out)
     if op.is_view:
         return _wrap_views(op, bound, meta_out)
     if device.type == "meta" and not op.mutated:
@@ -424,6 +497,33 @@ def _record(
         bound = _bind(op, args, kwargs)
         flat, layout = flatten(args, kwargs)
     return _add_node(op, flat, layout, bound, meta_out, device, forced_out)
+
+
+_QUANTIZING = ("quantize_per_", "_make_per_", "_empty_affine_quantized", "_empty_per_channel")
+
+
+def _refuse_kinds(op: _Op, out: Any) -> None:
+    """Lazy tensors are strided and dense: an op that makes a sparse, quantized or nested tensor
+    is refused at the op (replay would give another kind of tensor, or none)."""
+    for t in [out] if isinstance(out, torch.Tensor) else tree_flatten(out)[0]:
+        if not isinstance(t, torch.Tensor):
+            continue
+        kind = (
+            "quantized"
+            if t.is_quantized or op.quantizes
+            else "nested"
+            if t.is_nested
+            else f"{t.layout}"
+            if t.layout is not torch.strided
+            else None
+        )
+        if kind is not None:
+            raise UnsupportedOpError(
+                f"{op.func} at {user_frame()} makes a {kind} tensor, which dormant cannot record "
+                "lazily (lazy tensors are dense and strided): make it after "
+                "dormant.materialize(model), from the dense values then",
+                op=str(op.func),
+            )
 
 
 def _for_meta_kernel(op: _Op, kwargs: dict[str, Any], *, to_meta: bool) -> None:
@@ -532,6 +632,8 @@ def _record_fill(op: _Op, args: tuple[Any, ...], kwargs: dict[str, Any], in_cont
     func = op.func
     # Bound arguments are read only by meta shortcuts and random ops (zero_, fill_ need none).
     bound = _bind(op, args, kwargs) if op.meta_shortcut or op.is_random else None
+    if op.arg_check is not None and bound is not None and op.arg_check(bound):
+        _eager_arg_check(op, x, args, kwargs)
     meta_args = (x._meta, *args[1:])
     meta_kwargs = kwargs
     if kwargs.get("generator") is not None:
@@ -563,8 +665,8 @@ def _record_factory(
     """A factory (``empty``, ``ones``, ``randn``) inside the context: one node, one new storage."""
     if not in_context or kwargs.get("pin_memory"):
         return _SLOW  # pinned: the general path (on meta, eager's error)
-    if args and type(args[0]) is list and 0 in args[0] and _reads_a_storage_item():
-        return op.call(*args, **kwargs)  # no elements: storage[i]'s temporary (see there)
+    if args and type(args[0]) is list and 0 in args[0] and _real_empty_wanted():
+        return op.call(*args, **kwargs)  # no elements, and real (see there)
     device_arg = kwargs.get("device")
     if op.device_kw_only:
         device = normalize_device(device_arg)  # what _output_device finds, without binding
@@ -592,22 +694,32 @@ def _record_factory(
     return out
 
 
-_STORAGE_ITEM = getattr(torch.UntypedStorage.__getitem__, "__code__", None)
+_REAL_EMPTY_CALLERS = {
+    getattr(torch.UntypedStorage.__getitem__, "__code__", None),
+    torch.nn.parameter.UninitializedParameter.__new__.__code__,
+    torch.nn.parameter.UninitializedBuffer.__new__.__code__,
+}
 
 
-def _reads_a_storage_item() -> bool:
-    """Whether this factory runs inside ``UntypedStorage.__getitem__`` (``storage[i]``).
+def _real_empty_wanted() -> bool:
+    """Whether this empty factory runs where a real empty tensor is eager's behaviour and a lazy
+    one cannot serve:
 
-    There torch makes a temporary empty tensor, sets it over the (always real) storage and reads
-    one element, all in C++: the tensor never reaches Python, so it can be real, and the read
-    costs four real ops instead of four recorded ones. safetensors reads ``storage[0]`` of every
-    tensor it maps, so this is a quarter of the ops of a lazy ``from_pretrained``."""
+    - ``UntypedStorage.__getitem__`` (``storage[i]``): torch makes a temporary empty tensor, sets
+      it over the (always real) storage and reads one element, all in C++: the tensor never
+      reaches Python, so it can be real, and the read costs four real ops instead of four
+      recorded ones. safetensors reads ``storage[0]`` of every tensor it maps, so this is a
+      quarter of the ops of a lazy ``from_pretrained``.
+    - ``UninitializedParameter`` / ``UninitializedBuffer`` (``nn.LazyLinear``): they wrap
+      ``torch.empty(0)`` in their own subclass, which a lazy tensor cannot become; they hold no
+      values and get their shape and init at the first forward, after materialize, as in eager.
+    """
     frame = sys._getframe(1)
     for _ in range(4):  # record_op, the mode's __torch_dispatch__, then the caller
         frame = frame.f_back  # type: ignore[assignment]
         if frame is None:
             return False
-        if frame.f_code is _STORAGE_ITEM:
+        if frame.f_code in _REAL_EMPTY_CALLERS:
             return True
     return False
 
@@ -746,6 +858,35 @@ def _plain_randn(bound: dict[str, Any], meta_args: Any, meta_kwargs: Any) -> Any
     return torch.empty(size, dtype=dtype, device=META) if ok else None
 
 
+# [Note: argument checks]
+# Some ops check their scalar arguments in the CPU kernel only, not in the meta kernel: eager
+# raises at the op, recording would not, and materialize would fail far from the model line.
+# Each check here is a cheap test of the bound arguments that says when eager may refuse them;
+# then the real op runs on an empty tensor of the same dtype, which raises eager's own error
+# (and draws nothing).
+_ARG_CHECKS: dict[Any, Callable[[dict[str, Any]], bool]] = {
+    aten.uniform_.default: lambda b: _greater(b.get("from", 0.0), b.get("to", 1.0)),
+    aten.bernoulli_.float: lambda b: not 0 <= b.get("p", 0.5) <= 1,
+    getattr(aten.random_, "from"): lambda b: (
+        b.get("to") is not None and not _greater(b["to"], b["from"])
+    ),
+    aten.random_.to: lambda b: not _greater(b["to"], 0),
+}
+
+
+def _greater(a: Any, b: Any) -> bool:
+    try:
+        return bool(a > b)
+    except TypeError:  # (symbolic or odd scalars: let the kernel decide)
+        return True
+
+
+def _eager_arg_check(op: _Op, x: LazyTensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    kwargs = {k: v for k, v in kwargs.items() if k != "generator"}
+    with torch._C._DisableTorchDispatch():
+        op.func(torch.empty(0, dtype=x.dtype), *args[1:], **kwargs)
+
+
 _META_SHORTCUTS: dict[Any, _MetaShortcut] = {
     aten.normal_.default: _plain_normal_,
     aten.uniform_.default: _plain_uniform_,
@@ -797,6 +938,12 @@ def _add_node(
     written_storages = {id(t._lazy_storage) for t, _ in written.values()}
 
     node = Node(func, [], layout.spec)
+    if (default_dtype := torch.get_default_dtype()) is not torch.float32:
+        # Type promotion (``int_tensor / 3``) reads it; replay runs each op under the one it was
+        # recorded under, not the caller's. Ops of the fast paths never promote.
+        node.default_dtype = default_dtype
+    if op.fails_on_values:
+        node.where = user_frame()
     shape_only = op.shape_only
     reads: list[TensorRef] = []
     for i, x in enumerate(flat):

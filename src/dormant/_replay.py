@@ -26,7 +26,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from . import _rng
 from ._graph import NO_ARGS, Constant, LazyStorage, Node, TensorRef, view_of
 from ._plan import COPY, Plan, plan
-from ._session import real_execution
+from ._session import default_dtype, real_execution
 from .errors import DormantError, MaterializationError
 
 
@@ -250,7 +250,8 @@ class _Execution:
         self._start_from_caches()
         bar = progress_bar(len(self.plan.nodes), progress)
         try:
-            with real_execution():
+            # The default dtype recorded ops saw (float32 unless a node says otherwise).
+            with real_execution(), default_dtype(torch.float32):
                 _resolve_positions(self.plan.nodes)
                 for s in list(self.targets.values()):
                     if self.version_now.get(id(s)) == s.version:
@@ -272,6 +273,9 @@ class _Execution:
             node.rng is None or node.rng.device.type == "cpu" for node, _ in self.plan.nodes
         )
         if self.threads <= 1 or not on_cpu:
+            return [self.plan.nodes]
+        # (the default dtype is one per process: a node run under its own needs one thread)
+        if any(node.default_dtype is not None for node, _ in self.plan.nodes):
             return [self.plan.nodes]
         return _batches(self.plan.nodes, self.threads)
 
@@ -385,6 +389,13 @@ class _Execution:
             if self.uses.get(key, 0) == 0:
                 self.values.pop(key, None)
 
+    @staticmethod
+    def _call(node: Node, args: Any, kwargs: dict[str, Any], lane: _Lane) -> Any:
+        if node.rng is None:
+            return node.op(*args, **kwargs)
+        with lane.generators.placed(node, kwargs) as op:
+            return op(*args, **kwargs)
+
     def _execute(self, node: Node, real: bool, lane: _Lane) -> None:
         if real and self._move_instead_of_copy(node):
             out = None
@@ -395,17 +406,28 @@ class _Execution:
                 args = [self._value(node, x, real, lane) for x in node.flat_args]
                 call_args, call_kwargs = tree_unflatten(args, node.spec)
             try:
-                if node.rng is None:
+                if node.default_dtype is not None:
+                    with default_dtype(node.default_dtype):
+                        out = self._call(node, call_args, call_kwargs, lane)
+                elif node.rng is None:  # (the common case, without a call of its own)
                     out = node.op(*call_args, **call_kwargs)
                 else:
-                    with lane.generators.placed(node, call_kwargs) as op:
-                        out = op(*call_args, **call_kwargs)
+                    out = self._call(node, call_args, call_kwargs, lane)
             except DormantError:
                 raise  # already says what happened (a checkpoint file that changed)
             except Exception as e:
-                raise MaterializationError(
-                    f"replaying {node.label} failed: {type(e).__name__}: {e}"
-                ) from e
+                at = f", recorded at {node.where}," if node.where is not None else ""
+                advice = (
+                    "; eager construction fails at that line too: fix the model code there"
+                    if node.where is not None
+                    else ""
+                )
+                error = MaterializationError(
+                    f"replaying {node.label}{at} failed: {type(e).__name__}: {e}{advice}"
+                )
+                # (what it wrote: materialize names those tensors)
+                error.storages = {id(w.storage) for w in node.writes}  # type: ignore[attr-defined]
+                raise error from e
         if real:
             self._keep_outputs(node, out)
             self._release_inputs(node)

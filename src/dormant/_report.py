@@ -30,6 +30,8 @@ class MaterializeReport:
     buffers: int = 0
     lazy_buffers: int = 0
     numel: int = 0
+    lazy_numel: int = 0  # of ``numel``, the elements of tensors that were lazy
+    meta: list[str] = field(default_factory=list)  # tensors on the meta device: no values
     early: list[EarlyTensor] = field(default_factory=list)
     seconds: float = 0.0
     ops_replayed: int = 0
@@ -47,8 +49,9 @@ class MaterializeReport:
 
     @property
     def lazy_rate(self) -> float:
-        """Share of elements (parameters and buffers) that stayed lazy until materialization."""
-        return 1.0 - self.early_numel / self.numel if self.numel else 1.0
+        """Share of elements (parameters and buffers) that stayed lazy until materialization
+        (real tensors, and meta ones, never were)."""
+        return (self.lazy_numel - self.early_numel) / self.numel if self.numel else 1.0
 
     def add(
         self, name: str, kind: SlotKind, numel: int, early: Sequence[EarlyRecord], lazy: bool
@@ -62,6 +65,7 @@ class MaterializeReport:
         else:
             return
         self.numel += numel
+        self.lazy_numel += numel if lazy else 0
         if early:
             first = early[0]
             self.early.append(EarlyTensor(name, numel, first.nbytes, first.op, first.where))
@@ -74,7 +78,7 @@ class MaterializeReport:
             f"  buffers lazily initialized:    {self.lazy_buffers} of {self.buffers}",
             f"  lazy rate: {self.lazy_rate:.2%} of {self.numel:,} elements",
             f"  materialized early: {len(self.early)} tensors, {self.early_numel:,} elements "
-            f"({1 - self.lazy_rate:.2%}), {_human(early_bytes)}",
+            f"({self.early_numel / self.numel if self.numel else 0:.2%}), {_human(early_bytes)}",
             f"  replayed: {self.ops_replayed} ops, {len(self.random_ops)} of them random, "
             f"on {self.threads} thread{'s' if self.threads > 1 else ''}",
         ]
@@ -85,6 +89,12 @@ class MaterializeReport:
                 f"{len(self.whole)} shards from their whole tensors"
             )
             lines += [f"    - {w.name}: {w.reason}" for w in self.whole]
+        if self.meta:
+            lines.append(
+                f"  on the meta device, without values: {len(self.meta)} tensors "
+                f"({', '.join(self.meta[:5])}{', ...' if len(self.meta) > 5 else ''}); built "
+                "under torch.device('meta') or accelerate's init_empty_weights?"
+            )
         return "\n".join(lines)
 
 

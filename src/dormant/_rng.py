@@ -283,6 +283,8 @@ def record_step(
     stream = session.stream_for(generator, device)
     step = stream.fast_step(node) if fast else stream.append(node, draws)
     if session is not _active:
+        # Finishing runs an uncounted op for its draws now, which places it by ``node.rng``.
+        node.rng = step
         session.finish(run)
     else:
         stream.mark()

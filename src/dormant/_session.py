@@ -51,9 +51,31 @@ def recording_active() -> bool:
 
 @contextlib.contextmanager
 def real_execution() -> Iterator[None]:
-    """Run real ops: no recording modes, no torch-function overrides, no autograd."""
-    with _disable_current_modes(), torch._C.DisableTorchFunction(), torch.no_grad():
+    """Run real ops: no recording modes, no torch-function overrides, no autograd, and none of the
+    caller's modes that change values or kinds of tensors (autocast, inference mode): values are
+    those the build computed, whatever mode ``materialize`` is called in."""
+    with (
+        _disable_current_modes(),
+        torch._C.DisableTorchFunction(),
+        torch.inference_mode(False),  # (before no_grad: it enables grad mode)
+        torch.no_grad(),
+        torch._C._DisableAutocast(),
+    ):
         yield
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """``torch.set_default_dtype(dtype)`` for the block (a process-wide setting)."""
+    saved = torch.get_default_dtype()
+    if saved is dtype:
+        yield
+        return
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(saved)
 
 
 _CPU = torch.device("cpu")

@@ -35,7 +35,7 @@ import torch
 from torch.utils._pytree import tree_unflatten
 
 from . import _mt19937, _rng
-from ._graph import Constant, LazyStorage, Node, TensorRef
+from ._graph import Constant, DeferredCall, LazyStorage, Node, TensorRef
 from ._plan import write_of
 from ._replay import run_for_draws, with_generator
 from ._session import real_execution
@@ -77,6 +77,9 @@ _ELEMENTWISE = {
     aten._to_copy.default,
     aten.clone.default,
 }
+# Library calls recorded whole whose values do not depend on the tensor's shape: a small one is
+# run whole on a flat tensor, like a random op.
+_FLAT_LIBRARY_CALLS = {"torch.nn.init.trunc_normal_"}
 # A random op over this many elements or fewer is run whole and sliced: cheaper than a jump.
 _SMALL = 1 << 16
 
@@ -299,6 +302,10 @@ class Window:
         assert start is not None
         if out.device.type != "cpu":
             raise Unsliceable(f"{node.label} draws on {out.device}: no window rule")
+        op = node.op
+        if isinstance(op, DeferredCall) and op.name not in _FLAT_LIBRARY_CALLS:
+            # orthogonal_'s QR needs the tensor's shape: never run on a flat window
+            raise Unsliceable(f"{node.label} needs the whole tensor")
         fill, like = self._random_fill(node, written)
         rule = random_rule(like, out.dtype)
         if n <= _SMALL:  # cheaper whole than placed twice

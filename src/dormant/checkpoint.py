@@ -15,6 +15,7 @@ import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,6 +37,14 @@ _SAFETENSORS_DTYPES = {
     "I8": torch.int8,
     "U8": torch.uint8,
     "BOOL": torch.bool,
+    "U16": torch.uint16,
+    "U32": torch.uint32,
+    "U64": torch.uint64,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E4M3FNUZ": torch.float8_e4m3fnuz,
+    "F8_E5M2": torch.float8_e5m2,
+    "F8_E5M2FNUZ": torch.float8_e5m2fnuz,
+    "C64": torch.complex64,
 }
 
 
@@ -61,6 +70,8 @@ class _Entry:
     read: Callable[[], torch.Tensor]
     # Elements [a, b) of the flattened tensor, reading only those (a rank's shard).
     window: Callable[[int, int], torch.Tensor]
+    # A module's ``get_extra_state()`` saved as an object, not a tensor: ``read`` returns it.
+    extra: bool = False
 
     def __call__(self) -> torch.Tensor:
         return self.read()
@@ -101,6 +112,9 @@ class LoadResult:
     loaded: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
+    # How the model's keys were found in a trainer's layout (``"keys under the prefix
+    # 'state_dict.module.'"``), or "" when they were the checkpoint's own keys.
+    layout: str = ""
 
 
 def load_checkpoint(
@@ -134,10 +148,34 @@ def load_checkpoint(
     """
     entries = _open(Path(source))
     targets = model.state_dict(keep_vars=True)
+    entries, layout = _layout(source, entries, targets)
+    # Extra state (``get_extra_state``) is restored through ``set_extra_state``, as
+    # ``load_state_dict`` does: any object, not a tensor of the model.
+    extra = [k for k in targets if k.rpartition(".")[2] == _EXTRA_STATE]
+    for key in extra:
+        del targets[key]
+    extra_entries: dict[str, _Entry | None] = {k: entries.pop(k) for k in extra if k in entries}
+    for key in [k for k, e in entries.items() if e.extra]:
+        del entries[key]  # extra state of a module the model lacks: unexpected
+        extra_entries[key] = None
     in_file = {id(t) for k, t in targets.items() if k in entries}
     tied = sorted(k for k, t in targets.items() if k not in entries and id(t) in in_file)
-    missing = sorted(k for k in targets if k not in entries and k not in tied)
-    unexpected = sorted(k for k in entries if k not in targets)
+    missing = sorted(
+        [k for k in targets if k not in entries and k not in tied]
+        + [k for k in extra if k not in extra_entries]
+    )
+    unexpected = sorted(
+        [k for k in entries if k not in targets]
+        + [k for k, e in extra_entries.items() if e is None]
+    )
+    if targets and not (targets.keys() & entries.keys()) and not extra_entries:
+        raise CheckpointError(
+            f"checkpoint {source} holds no key of the model, so nothing would be loaded "
+            f"(strict={strict}): it holds {_some(entries)}; the model expects {_some(targets)}. "
+            "Save the model's own state_dict(), or rename the keys",
+            missing,
+            unexpected,
+        )
     mismatched = []
     for key in sorted(targets.keys() & entries.keys()):
         t, e = targets[key], entries[key]
@@ -150,14 +188,88 @@ def load_checkpoint(
             unexpected,
             mismatched,
         )
-    result = LoadResult(missing=missing, unexpected=unexpected)
+    _check_ties(source, targets, entries)
+    result = LoadResult(missing=missing, unexpected=unexpected, layout=layout)
     with torch.no_grad():
         for key in sorted(targets.keys() & entries.keys()):
             t, e = targets[key], entries[key]
             t.copy_(_file_tensor(e) if isinstance(t, LazyTensor) else e.read())
             result.loaded.append(key)
+    for key in extra:
+        entry = extra_entries.get(key)
+        if entry is not None:
+            prefix = key[: -len(_EXTRA_STATE)].rstrip(".")
+            model.get_submodule(prefix).set_extra_state(entry.read())
+            result.loaded.append(key)
     result.loaded = sorted(result.loaded + tied)
     return result
+
+
+_EXTRA_STATE = "_extra_state"  # (``nn.Module``'s suffix of extra-state keys)
+
+
+def _some(keys: object) -> str:
+    names = sorted(keys)  # type: ignore[call-overload]
+    shown = ", ".join(repr(k) for k in names[:3])
+    return f"{len(names)} keys ({shown}{', ...' if len(names) > 3 else ''})" if names else "none"
+
+
+def _layout(
+    source: object, entries: dict[str, _Entry], targets: dict[str, torch.Tensor]
+) -> tuple[dict[str, _Entry], str]:
+    """The checkpoint's keys as the model names them, and how they were found.
+
+    Trainers save the model's state dict inside a larger one (``{"state_dict": ..., "epoch":
+    n}``, read with the outer keys joined by dots) or under a wrapper's prefix (``module.`` of
+    DistributedDataParallel, ``_orig_mod.`` of torch.compile, ``model.`` of Lightning). When no
+    key matches as it is, the one prefix under which the most keys match is taken.
+    """
+    if not targets or targets.keys() & entries.keys():
+        return entries, ""
+    matches: dict[str, int] = {}
+    for key in entries:
+        start = key.find(".")
+        while start != -1:
+            if key[start + 1 :] in targets:
+                prefix = key[: start + 1]
+                matches[prefix] = matches.get(prefix, 0) + 1
+            start = key.find(".", start + 1)
+    if not matches:
+        return entries, ""
+    best = max(matches.values())
+    prefixes = sorted(p for p, n in matches.items() if n == best)
+    if len(prefixes) > 1:
+        raise CheckpointError(
+            f"checkpoint {source} holds the model's keys under several prefixes "
+            f"({', '.join(repr(p) for p in prefixes)}); load the state dict you mean (or save "
+            "the model's own state_dict())",
+            path=str(source),
+        )
+    prefix = prefixes[0]
+    found = {k[len(prefix) :]: e for k, e in entries.items() if k.startswith(prefix)}
+    return found, f"keys under the prefix {prefix!r}"
+
+
+def _check_ties(
+    source: object, targets: dict[str, torch.Tensor], entries: dict[str, _Entry]
+) -> None:
+    """Both names of a tied weight in the checkpoint must hold one value: which one a loader
+    keeps is an accident of key order (``load_state_dict`` keeps the last)."""
+    names: dict[int, list[str]] = {}
+    for key in sorted(targets.keys() & entries.keys()):
+        names.setdefault(id(targets[key]), []).append(key)
+    for keys in names.values():
+        if len(keys) < 2:
+            continue
+        first = entries[keys[0]].read()
+        for other in keys[1:]:
+            if not torch.equal(first, entries[other].read()):
+                raise CheckpointError(
+                    f"checkpoint {source} holds different values for {keys[0]!r} and {other!r}, "
+                    "which are one tied tensor in the model; nothing was loaded. Save the "
+                    "checkpoint from a model with the same ties, or drop the key you do not want",
+                    key=other,
+                )
 
 
 def _describe(
@@ -411,12 +523,25 @@ def _open_safetensors(path: Path) -> dict[str, _Entry]:
         with safe_open(str(path), framework="pt") as f:
             for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
                 view = f.get_slice(key)
-                shape, dtype = tuple(view.get_shape()), _SAFETENSORS_DTYPES[view.get_dtype()]
+                shape, dtype = tuple(view.get_shape()), _safetensors_dtype(path, key, view)
                 read, mapped = _safetensors_reader(path, key)
                 entries[key] = _checked(key, shape, dtype, stamps, read, mapped)
     except SafetensorError as e:
         raise _unreadable(path, f"safetensors says {e}") from e
     return entries
+
+
+def _safetensors_dtype(path: Path, key: str, view: Any) -> torch.dtype:
+    name = view.get_dtype()
+    dtype = _SAFETENSORS_DTYPES.get(name)
+    if dtype is None:
+        raise CheckpointError(
+            f"{key} in {path} has safetensors dtype {name}, which torch "
+            f"{torch.__version__} has no dtype for; convert it (or load this file eagerly)",
+            path=str(path),
+            key=key,
+        )
+    return dtype
 
 
 def _safetensors_reader(
@@ -445,15 +570,34 @@ def _open_torch(path: Path) -> dict[str, _Entry]:
     if not isinstance(state, dict):
         raise _unreadable(path, f"it holds a {type(state).__name__}, not a state dict")
     # The tensors stay mapped until read: the stamps are checked before any page is touched.
-    return {
-        k: _checked(k, tuple(t.shape), t.dtype, stamps, t.clone, _constant(t))
-        for k, t in state.items()
-        if isinstance(t, torch.Tensor)
-    }
+    entries: dict[str, _Entry] = {}
+    _torch_entries(state, "", stamps, entries)
+    return entries
 
 
-def _constant(t: torch.Tensor) -> Callable[[], torch.Tensor]:
+def _torch_entries(
+    state: dict[object, object], prefix: str, stamps: Sequence[_Stamp], out: dict[str, _Entry]
+) -> None:
+    """The tensors of a torch.save dict; those of dicts inside it (a trainer's ``{"state_dict":
+    ..., "epoch": n}``) under their keys joined by dots; extra states whole."""
+    for k, value in state.items():
+        key = f"{prefix}{k}"
+        if isinstance(value, torch.Tensor):
+            out[key] = _checked(key, tuple(value.shape), value.dtype, stamps, value.clone,
+                                _constant(value))  # fmt: skip
+        elif str(k).endswith(_EXTRA_STATE):
+            read = _constant(value)
+            out[key] = _Entry(key, (), torch.uint8, read, _whole(read), extra=True)
+        elif isinstance(value, dict):
+            _torch_entries(value, f"{key}.", stamps, out)
+
+
+def _constant(t: Any) -> Callable[[], Any]:
     return lambda: t
+
+
+def _whole(read: Callable[[], Any]) -> Callable[[int, int], Any]:
+    return lambda a, b: read()
 
 
 def _open_dcp(path: Path) -> dict[str, _Entry]:
