@@ -453,3 +453,41 @@ def test_rank_holds_about_its_share_and_uneven_shards_are_exact(tmp_path: Path) 
             assert result["lazy_before"] and not result["lazy_after"], layout
             assert result["not_equal"] == [] and result["rng_as_eager"], layout
             assert result["whole"] == [], layout
+
+
+def scenario_fsdp_options() -> dict[str, Any]:
+    """fully_shard's options the Booster plugins use: CPU offload, keeping parameters gathered
+    after forward (ZeRO-2); each then trains two steps. (Not MixedPrecisionPolicy: on gloo, a
+    bf16 training step aborts now and then, "terminate called without an active exception",
+    eager models too.)"""
+    from torch.distributed.fsdp import CPUOffloadPolicy
+
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    options: dict[str, dict[str, Any]] = {
+        "offload": {"offload_policy": CPUOffloadPolicy(pin_memory=False)},
+        "zero2": {"reshard_after_forward": False},
+    }
+    eager = Eager(llama)
+    results = {}
+    for name, kwargs in options.items():
+        model = lazy(llama)
+        for block in model.model.layers:
+            fully_shard(block, mesh=mesh, **kwargs)
+        fully_shard(model, mesh=mesh, **kwargs)
+        found = materialized(model, eager)
+        ids = torch.arange(12).reshape(2, 6) % 128
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(2):
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            optimizer.step()
+        found["trains"] = bool(torch.isfinite(loss))
+        results[name] = found
+    return results
+
+
+def test_fully_shard_options_then_materialize_are_exact_and_train(tmp_path: Path) -> None:
+    for found in run_ranks(scenario_fsdp_options, tmp_path):
+        for name, result in found.items():
+            assert not result["lazy_after"] and result["not_equal"] == [], name
+            assert result["whole"] == [] and result["trains"], name
