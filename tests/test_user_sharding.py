@@ -200,6 +200,8 @@ class Table(nn.Module):
         self.cols = nn.Parameter(torch.empty(24, 40).uniform_(-1, 1))  # Shard(1)
         self.rep = nn.Parameter(torch.randn(16, 16))  # Replicate
         self.register_buffer("steps", torch.arange(10, dtype=torch.float32) * 0.5)
+        # no window rule, and too large (above 65536 elements) to be drawn whole by a window
+        self.orth = nn.Parameter(nn.init.orthogonal_(torch.empty(320, 300)))
 
 
 def scenario_tensor_parallel() -> dict[str, Any]:
@@ -222,7 +224,7 @@ def scenario_tensor_parallel() -> dict[str, Any]:
     # distribute_tensor on each dimension, and Replicate
     eager = Eager(Table)
     table = lazy(Table)
-    layouts = {"rows": [Shard(0)], "cols": [Shard(1)], "rep": [Replicate()]}
+    layouts = {"rows": [Shard(0)], "cols": [Shard(1)], "rep": [Replicate()], "orth": [Shard(0)]}
     for name, placements in layouts.items():
         param = getattr(table, name)
         table.register_parameter(name, nn.Parameter(distribute_tensor(param, mesh, placements)))
@@ -240,9 +242,10 @@ def test_tensor_parallel_then_materialize_is_exact(tmp_path: Path) -> None:
             assert result["not_equal"] == [], layout
             assert result["rng_untouched"] and result["rng_as_eager"], layout
             assert result["dtensors"] > 0, layout
-        # every local shard computed alone (a padded uneven last chunk too)
+        # every local shard computed alone (a padded uneven last chunk too), but for an init
+        # without a window rule: computed whole, still exact
         assert found["parallelize_module"]["whole"] == []
-        assert found["distribute_tensor"]["whole"] == []
+        assert found["distribute_tensor"]["whole"] == ["orth"]
 
 
 def scenario_pipeline() -> dict[str, Any]:

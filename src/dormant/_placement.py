@@ -344,9 +344,10 @@ def _write_local(target: torch.Tensor, full: torch.Tensor) -> None:
 # module's direct sight: the local tensor inside a DTensor parameter, and FSDP2's padded shard
 # that this local tensor is a view of. A local storage's program reads only its rank's part of
 # the full tensor, so it is computed as a window of its own ([Note: windows] in ``_slices.py``):
-# a rank draws and computes its shard alone, and never the full tensor. A storage whose recorded
-# ops have no window rule (a column shard's strided copy, a padded last chunk) is replayed whole,
-# from the full tensor, and named in the report.
+# a rank draws and computes its shard alone, and never the full tensor (a column shard, read
+# through its strides, spans whole rows of it: those rows). A storage whose recorded ops have no
+# window rule (``orthogonal_``, a data-dependent init) is replayed whole, from the full tensor,
+# and named in the report.
 
 
 def sharded_lazy(module: nn.Module) -> Iterator[tuple[str, LazyTensor]]:

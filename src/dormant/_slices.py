@@ -303,8 +303,11 @@ class Window:
         rule = random_rule(like, out.dtype)
         if n <= _SMALL:  # cheaper whole than placed twice
             whole = torch.empty(n, dtype=out.dtype)
+            if written is not None and written.meta.numel() == n:
+                # in the written tensor's shape: an init recorded whole (orthogonal_) needs it
+                whole = whole.view(written.meta.shape)
             self._draw(fill, whole, start, None)
-            out.copy_(whole[a:b])
+            out.copy_(whole.view(-1)[a:b])
         elif rule is None:
             raise Unsliceable(f"{node.label}: no window rule for {out.dtype}")
         else:
