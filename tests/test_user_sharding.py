@@ -280,28 +280,32 @@ def scenario_pipeline() -> dict[str, Any]:
     }
 
 
-def test_pipeline_stage_materializes_only_its_layers(tmp_path: Path) -> None:
-    found = run_ranks(scenario_pipeline, tmp_path)
+@pytest.mark.parametrize("stages", [2, 4])
+def test_pipeline_stage_materializes_only_its_layers(tmp_path: Path, stages: int) -> None:
+    found = run_ranks(scenario_pipeline, tmp_path, nproc=stages)
+    per = 4 // stages
     for rank, stage in enumerate(found):
         assert stage["lazy_before"] and not stage["lazy_after"]
         assert stage["not_equal"] == [] and stage["rng_untouched"]
         layers = {k.split(".")[2] for k in stage["keys"] if k.startswith("model.layers.")}
-        assert layers == {str(2 * rank), str(2 * rank + 1)}
-        assert stage["replayed_numel"] < 0.6 * stage["full_numel"]
-    assert "lm_head.weight" in found[1]["keys"] and "lm_head.weight" not in found[0]["keys"]
+        assert layers == {str(per * rank + i) for i in range(per)}
+        assert stage["replayed_numel"] < (1 / stages + 0.1) * stage["full_numel"]
+    assert "lm_head.weight" in found[-1]["keys"] and "lm_head.weight" not in found[0]["keys"]
 
 
-def scenario_two_dimensional() -> dict[str, Any]:
+def scenario_four_ranks() -> dict[str, Any]:
     results: dict[str, Any] = {}
     mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
     eager = Eager(llama)
-    for name, tp, dp in (("tp_x_fsdp", True, True), ("fsdp4", False, True)):
+    flat = init_device_mesh("cpu", (4,), mesh_dim_names=("dp",))
+    tp4 = init_device_mesh("cpu", (1, 4), mesh_dim_names=("dp", "tp"))
+    for name, layout, tp, dp in (
+        ("tp_x_fsdp", mesh, True, True),
+        ("fsdp4", flat, False, True),
+        ("tp4", tp4, True, False),
+    ):
         model = lazy(llama)
-        if name == "fsdp4":
-            flat = init_device_mesh("cpu", (4,), mesh_dim_names=("dp",))
-            parallelize_llama(model, flat, tp=False, dp=True)
-        else:
-            parallelize_llama(model, mesh, tp=tp, dp=dp)
+        parallelize_llama(model, layout, tp=tp, dp=dp)
         results[name] = materialized(model, eager)
     # HSDP: replicate across dp, shard across the other dimension
     model = lazy(llama)
@@ -312,8 +316,8 @@ def scenario_two_dimensional() -> dict[str, Any]:
     return results
 
 
-def test_two_dimensional_layouts_at_four_ranks_are_exact(tmp_path: Path) -> None:
-    for found in run_ranks(scenario_two_dimensional, tmp_path, nproc=4):
+def test_layouts_at_four_ranks_are_exact(tmp_path: Path) -> None:
+    for found in run_ranks(scenario_four_ranks, tmp_path, nproc=4):
         for layout, result in found.items():
             assert result["lazy_before"] and not result["lazy_after"], layout
             assert result["not_equal"] == [], layout
