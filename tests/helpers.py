@@ -1,11 +1,19 @@
-"""Shared test helpers: build a module eagerly and lazily from one seed, and compare them."""
+"""Shared test helpers: build a module eagerly and lazily from one seed, and compare them; run
+a scenario on several gloo ranks."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+import pytest
 import torch
 from torch import nn
 
@@ -168,3 +176,31 @@ def check_zoo_case(case: ZooCase) -> ZooResult:
     assert result.rng_exact, f"{case.name}: the generator is not where eager construction leaves it"
     assert result.forward_exact is not False, f"{case.name}: forward output differs from eager"
     return result
+
+
+TESTS = Path(__file__).resolve().parent
+RUNNER = TESTS / "distributed" / "run.py"
+
+
+def run_ranks(
+    scenario: Callable[[], dict[str, Any]], tmp_path: Path, nproc: int = 2
+) -> list[dict[str, Any]]:
+    """Run ``scenario`` (a function of a test module) on ``nproc`` gloo ranks under torchrun
+    (``distributed/run.py``); each rank's result comes back as JSON. Fail with every rank's
+    output if one fails."""
+    env = {**os.environ, "DORMANT_TEST_TMP": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        "--nproc_per_node", str(nproc), str(RUNNER),
+        scenario.__module__, scenario.__name__, str(tmp_path),
+    ]  # fmt: skip
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"{scenario.__name__}: ranks hung for {e.timeout} s\n{e.stderr}")
+    if proc.returncode != 0:
+        pytest.fail(
+            f"{scenario.__name__}: a rank failed (exit {proc.returncode})\n{proc.stderr[-8000:]}"
+        )
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(nproc)]

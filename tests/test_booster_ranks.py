@@ -6,12 +6,9 @@ it found; the tests right after it launch it and check the findings.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
+from helpers import run_ranks
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.tensor import DTensor
@@ -36,32 +34,7 @@ from dormant.booster.plugin import (
 from dormant.errors import DormantError
 
 pytest.importorskip("transformers")
-TESTS = Path(__file__).resolve().parent
-RUNNER = TESTS / "distributed" / "run.py"
 SEED = 1234  # every rank's seed (the runner calls dormant.launch(seed=SEED))
-
-
-def run_ranks(
-    scenario: Callable[[], dict[str, Any]], tmp_path: Path, nproc: int = 2
-) -> list[dict[str, Any]]:
-    """Run ``scenario`` (a function of this module) on ``nproc`` gloo ranks under torchrun; each
-    rank's result comes back as JSON. Fail with every rank's output if one fails."""
-    env = {**os.environ, "DORMANT_TEST_TMP": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
-        "--nproc_per_node", str(nproc), str(RUNNER),
-        Path(__file__).stem, scenario.__name__, str(tmp_path),
-    ]  # fmt: skip
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"{scenario.__name__}: ranks hung for {e.timeout} s\n{e.stderr}")
-    if proc.returncode != 0:
-        pytest.fail(
-            f"{scenario.__name__}: a rank failed (exit {proc.returncode})\n{proc.stderr[-8000:]}"
-        )
-    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(nproc)]
 
 
 PLUGINS: dict[str, Callable[[], Any]] = {

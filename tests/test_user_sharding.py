@@ -13,10 +13,7 @@ it found; the tests right after it launch it and check the findings.
 from __future__ import annotations
 
 import functools
-import json
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +21,8 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
+from helpers import run_ranks
+from test_booster_ranks import wide_llama
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
@@ -45,32 +44,7 @@ import dormant
 from dormant import LazyInitContext, is_lazy
 
 pytest.importorskip("transformers")
-TESTS = Path(__file__).resolve().parent
-RUNNER = TESTS / "distributed" / "run.py"
 SEED = 1234  # every rank's seed (the runner calls dormant.launch(seed=SEED))
-
-
-def run_ranks(
-    scenario: Callable[[], dict[str, Any]], tmp_path: Path, nproc: int = 2
-) -> list[dict[str, Any]]:
-    """Run ``scenario`` (a function of this module) on ``nproc`` gloo ranks under torchrun; each
-    rank's result comes back as JSON. Fail with every rank's output if one fails."""
-    env = {**os.environ, "DORMANT_TEST_TMP": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
-        "--nproc_per_node", str(nproc), str(RUNNER),
-        Path(__file__).stem, scenario.__name__, str(tmp_path),
-    ]  # fmt: skip
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"{scenario.__name__}: ranks hung for {e.timeout} s\n{e.stderr}")
-    if proc.returncode != 0:
-        pytest.fail(
-            f"{scenario.__name__}: a rank failed (exit {proc.returncode})\n{proc.stderr[-8000:]}"
-        )
-    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(nproc)]
 
 
 def llama(layers: int = 2, tied: bool = False) -> nn.Module:
@@ -384,23 +358,6 @@ def test_accelerate_fsdp2_preparation_then_materialize_is_exact(tmp_path: Path) 
         assert found["lazy_before"] and not found["lazy_after"]
         assert found["not_equal"] == [] and found["whole"] == []
         assert found["rng_untouched"] and found["rng_as_eager"] and found["dtensors"] > 0
-
-
-def wide_llama() -> nn.Module:
-    """Rows of 328 elements (not a multiple of normal_'s 16-blocks), tensors above the size that
-    is drawn whole, and an odd vocabulary (uneven FSDP2 shards, padded)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        hidden_size=328,
-        intermediate_size=600,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=1001,
-        tie_word_embeddings=False,
-    )
-    return LlamaForCausalLM(config)
 
 
 def scenario_memory_and_uneven() -> dict[str, Any]:
