@@ -193,7 +193,7 @@ def run_ranks(
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone",
         "--nproc_per_node", str(nproc), str(RUNNER),
-        scenario.__module__, scenario.__name__, str(tmp_path),
+        scenario.__module__.rsplit(".", 1)[-1], scenario.__name__, str(tmp_path),
     ]  # fmt: skip
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)

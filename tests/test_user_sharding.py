@@ -128,6 +128,7 @@ def materialized(model: nn.Module, eager: Eager) -> dict[str, Any]:
         "rng_untouched": torch.equal(rng, torch.get_rng_state()),
         "rng_as_eager": torch.equal(rng, eager.rng),
         "shard_elements": report.shard_elements,
+        "drawn": report.shard_drawn,
         "whole": [w.name for w in report.whole],
         "local_params": local,
         "dtensors": sum(isinstance(p, DTensor) for p in model.parameters()),
@@ -388,8 +389,10 @@ def scenario_memory_and_uneven() -> dict[str, Any]:
         model = LlamaForCausalLM(config)
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
     parallelize_llama(model, mesh, tp=False, dp=True)
-    dormant.materialize(model)
+    report = dormant.materialize(model, report=True)
     results: dict[str, Any] = {
+        "drawn": report.shard_drawn,
+        "numel": report.numel,
         "growth": peak_rss() - now,
         "before": before - now,
         "model": nbytes,
@@ -412,6 +415,9 @@ def test_rank_holds_about_its_share_and_uneven_shards_are_exact(tmp_path: Path) 
         assert found["before"] < 0.05 * found["model"]  # the earlier peak hides nothing
         share = found["growth"] / found["model"]
         assert share <= 1 / found["world"] + 0.1, f"peak growth {share:.2f}x the model's bytes"
+        # each rank draws about its share of the random numbers, not the model's
+        assert found["drawn"] <= (1 / found["world"] + 0.05) * found["numel"]
+        assert found["fsdp"]["drawn"] <= 0.6 * found["fsdp"]["full_params"]
         for layout in ("fsdp", "tp_x_fsdp"):
             result = found[layout]
             assert result["lazy_before"] and not result["lazy_after"], layout

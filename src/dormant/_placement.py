@@ -381,15 +381,19 @@ def lazy_local(t: torch.Tensor) -> LazyTensor | None:
     return local if isinstance(local, LazyTensor) else None
 
 
+class LocalWork(NamedTuple):
+    """What :func:`compute_local` did."""
+
+    elements: int  # local elements computed alone
+    drawn: int  # random numbers drawn for them
+    whole: list[WholeTensor]  # storages computed from their whole inputs, and why
+
+
 def compute_local(
     tensors: dict[int, tuple[str, LazyTensor]],
-) -> tuple[dict[int, torch.UntypedStorage], int, list[WholeTensor]]:
+) -> tuple[dict[int, torch.UntypedStorage], LocalWork]:
     """The values of these local tensors' storages, each computed alone where it can be (see
-    [Note: materializing what the user sharded]).
-
-    Returns the values by ``id(storage)``, the elements computed alone, and the storages that
-    had to be computed from their whole inputs.
-    """
+    [Note: materializing what the user sharded]), by ``id(storage)``, and what it took."""
     window = Window()
     values: dict[int, torch.UntypedStorage] = {}
     whole: dict[int, object] = {}
@@ -415,4 +419,4 @@ def compute_local(
         elements += n
     if whole:
         values.update(compute(whole.values()))  # type: ignore[arg-type]
-    return values, elements, report
+    return values, LocalWork(elements, window.drawn, report)

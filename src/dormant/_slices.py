@@ -102,6 +102,7 @@ class Window:
     def __init__(self) -> None:
         self.generator = torch.Generator()
         self.at: _rng.Position | None = None  # where ``generator`` stands, when known
+        self.drawn = 0  # random elements drawn (a measure of the work done)
 
     def values(
         self,
@@ -349,6 +350,7 @@ class Window:
         fill(out, self.generator)
         # (rule draws are whole blocks, so their count is known; a whole small op's may not be)
         self.at = at.after(draws_per_element * out.numel()) if draws_per_element else None
+        self.drawn += out.numel()
 
 
 def random_window(
