@@ -431,14 +431,13 @@ def test_rank_holds_about_its_share_and_uneven_shards_are_exact(tmp_path: Path) 
 
 
 def scenario_fsdp_options() -> dict[str, Any]:
-    """fully_shard's options the Booster plugins use: CPU offload, keeping parameters gathered
-    after forward (ZeRO-2); each then trains two steps. (Not MixedPrecisionPolicy: on gloo, a
-    bf16 training step aborts now and then, "terminate called without an active exception",
-    eager models too.)"""
-    from torch.distributed.fsdp import CPUOffloadPolicy
+    """fully_shard's options the Booster plugins use: mixed precision, CPU offload, keeping
+    parameters gathered after forward (ZeRO-2); each then trains two steps."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy
 
     mesh = init_device_mesh("cpu", (dist.get_world_size(),))
     options: dict[str, dict[str, Any]] = {
+        "bf16": {"mp_policy": MixedPrecisionPolicy(torch.bfloat16, torch.float32)},
         "offload": {"offload_policy": CPUOffloadPolicy(pin_memory=False)},
         "zero2": {"reshard_after_forward": False},
     }
