@@ -205,3 +205,14 @@ def test_rows_padded_at_the_end_have_windows_and_other_pads_are_refused() -> Non
         )
     with pytest.raises(Unsliceable, match="constant_pad_nd"):
         window.values(columns._lazy_storage, columns.dtype, 0, 301)
+
+
+def test_a_small_init_recorded_whole_is_drawn_in_its_shape() -> None:
+    # orthogonal_ at or below the size drawn whole: its rows from a draw in the tensor's shape
+    torch.manual_seed(0)
+    eager = nn.init.orthogonal_(torch.empty(40, 30))
+    torch.manual_seed(0)
+    with LazyInitContext():
+        w = nn.init.orthogonal_(torch.empty(40, 30))
+    values = Window().values(w._lazy_storage, w.dtype, 20 * 30, 40 * 30)
+    assert torch.equal(values, eager[20:].reshape(-1))

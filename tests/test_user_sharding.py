@@ -13,10 +13,7 @@ it found; the tests right after it launch it and check the findings.
 from __future__ import annotations
 
 import functools
-import json
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +21,8 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
+from helpers import run_ranks
+from test_booster_ranks import wide_llama
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
@@ -45,32 +44,7 @@ import dormant
 from dormant import LazyInitContext, is_lazy
 
 pytest.importorskip("transformers")
-TESTS = Path(__file__).resolve().parent
-RUNNER = TESTS / "distributed" / "run.py"
 SEED = 1234  # every rank's seed (the runner calls dormant.launch(seed=SEED))
-
-
-def run_ranks(
-    scenario: Callable[[], dict[str, Any]], tmp_path: Path, nproc: int = 2
-) -> list[dict[str, Any]]:
-    """Run ``scenario`` (a function of this module) on ``nproc`` gloo ranks under torchrun; each
-    rank's result comes back as JSON. Fail with every rank's output if one fails."""
-    env = {**os.environ, "DORMANT_TEST_TMP": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
-        "--nproc_per_node", str(nproc), str(RUNNER),
-        Path(__file__).stem, scenario.__name__, str(tmp_path),
-    ]  # fmt: skip
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"{scenario.__name__}: ranks hung for {e.timeout} s\n{e.stderr}")
-    if proc.returncode != 0:
-        pytest.fail(
-            f"{scenario.__name__}: a rank failed (exit {proc.returncode})\n{proc.stderr[-8000:]}"
-        )
-    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(nproc)]
 
 
 def llama(layers: int = 2, tied: bool = False) -> nn.Module:
@@ -154,6 +128,7 @@ def materialized(model: nn.Module, eager: Eager) -> dict[str, Any]:
         "rng_untouched": torch.equal(rng, torch.get_rng_state()),
         "rng_as_eager": torch.equal(rng, eager.rng),
         "shard_elements": report.shard_elements,
+        "drawn": report.shard_drawn,
         "whole": [w.name for w in report.whole],
         "local_params": local,
         "dtensors": sum(isinstance(p, DTensor) for p in model.parameters()),
@@ -169,7 +144,12 @@ def scenario_fsdp() -> dict[str, Any]:
         eager = Eager(ctor)
         model = lazy(ctor)
         parallelize_llama(model, mesh, tp=False, dp=True)
+        found_block = True
+        if not tied:  # one block first, then the rest: the same values
+            dormant.materialize(model.model.layers[1])
+            found_block = not is_lazy(model.model.layers[1]) and is_lazy(model.model.layers[0])
         found = materialized(model, eager)
+        found["one_block_first"] = found_block
         found["still_tied"] = model.lm_head.weight is model.model.embed_tokens.weight
         ids = torch.arange(12).reshape(2, 6) % 128
         loss = model(input_ids=ids, labels=ids).loss
@@ -184,10 +164,10 @@ def test_fully_shard_then_materialize_is_exact_and_shard_only(tmp_path: Path) ->
         assert found["lazy_before"] and not found["lazy_after"]
         assert found["not_equal"] == []
         assert found["rng_untouched"] and found["rng_as_eager"]
-        assert found["dtensors"] > 0 and found["trains"]
+        assert found["dtensors"] > 0 and found["trains"] and found["one_block_first"]
         assert found["whole"] == []
         # every local element computed alone, and nothing more than the rank's half (padding)
-        assert found["local_params"] <= found["shard_elements"] <= 0.55 * found["full_params"]
+        assert found["shard_elements"] <= 0.55 * found["full_params"]
     assert found["still_tied"]  # (the last one is the tied model)
 
 
@@ -200,6 +180,8 @@ class Table(nn.Module):
         self.cols = nn.Parameter(torch.empty(24, 40).uniform_(-1, 1))  # Shard(1)
         self.rep = nn.Parameter(torch.randn(16, 16))  # Replicate
         self.register_buffer("steps", torch.arange(10, dtype=torch.float32) * 0.5)
+        # no window rule, and too large (above 65536 elements) to be drawn whole by a window
+        self.orth = nn.Parameter(nn.init.orthogonal_(torch.empty(320, 300)))
 
 
 def scenario_tensor_parallel() -> dict[str, Any]:
@@ -222,7 +204,7 @@ def scenario_tensor_parallel() -> dict[str, Any]:
     # distribute_tensor on each dimension, and Replicate
     eager = Eager(Table)
     table = lazy(Table)
-    layouts = {"rows": [Shard(0)], "cols": [Shard(1)], "rep": [Replicate()]}
+    layouts = {"rows": [Shard(0)], "cols": [Shard(1)], "rep": [Replicate()], "orth": [Shard(0)]}
     for name, placements in layouts.items():
         param = getattr(table, name)
         table.register_parameter(name, nn.Parameter(distribute_tensor(param, mesh, placements)))
@@ -240,9 +222,10 @@ def test_tensor_parallel_then_materialize_is_exact(tmp_path: Path) -> None:
             assert result["not_equal"] == [], layout
             assert result["rng_untouched"] and result["rng_as_eager"], layout
             assert result["dtensors"] > 0, layout
-        # every local shard computed alone (a padded uneven last chunk too)
+        # every local shard computed alone (a padded uneven last chunk too), but for an init
+        # without a window rule: computed whole, still exact
         assert found["parallelize_module"]["whole"] == []
-        assert found["distribute_tensor"]["whole"] == []
+        assert found["distribute_tensor"]["whole"] == ["orth"]
 
 
 def scenario_pipeline() -> dict[str, Any]:
@@ -277,28 +260,32 @@ def scenario_pipeline() -> dict[str, Any]:
     }
 
 
-def test_pipeline_stage_materializes_only_its_layers(tmp_path: Path) -> None:
-    found = run_ranks(scenario_pipeline, tmp_path)
+@pytest.mark.parametrize("stages", [2, 4])
+def test_pipeline_stage_materializes_only_its_layers(tmp_path: Path, stages: int) -> None:
+    found = run_ranks(scenario_pipeline, tmp_path, nproc=stages)
+    per = 4 // stages
     for rank, stage in enumerate(found):
         assert stage["lazy_before"] and not stage["lazy_after"]
         assert stage["not_equal"] == [] and stage["rng_untouched"]
         layers = {k.split(".")[2] for k in stage["keys"] if k.startswith("model.layers.")}
-        assert layers == {str(2 * rank), str(2 * rank + 1)}
-        assert stage["replayed_numel"] < 0.6 * stage["full_numel"]
-    assert "lm_head.weight" in found[1]["keys"] and "lm_head.weight" not in found[0]["keys"]
+        assert layers == {str(per * rank + i) for i in range(per)}
+        assert stage["replayed_numel"] < (1 / stages + 0.1) * stage["full_numel"]
+    assert "lm_head.weight" in found[-1]["keys"] and "lm_head.weight" not in found[0]["keys"]
 
 
-def scenario_two_dimensional() -> dict[str, Any]:
+def scenario_four_ranks() -> dict[str, Any]:
     results: dict[str, Any] = {}
     mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("dp", "tp"))
     eager = Eager(llama)
-    for name, tp, dp in (("tp_x_fsdp", True, True), ("fsdp4", False, True)):
+    flat = init_device_mesh("cpu", (4,), mesh_dim_names=("dp",))
+    tp4 = init_device_mesh("cpu", (1, 4), mesh_dim_names=("dp", "tp"))
+    for name, layout, tp, dp in (
+        ("tp_x_fsdp", mesh, True, True),
+        ("fsdp4", flat, False, True),
+        ("tp4", tp4, True, False),
+    ):
         model = lazy(llama)
-        if name == "fsdp4":
-            flat = init_device_mesh("cpu", (4,), mesh_dim_names=("dp",))
-            parallelize_llama(model, flat, tp=False, dp=True)
-        else:
-            parallelize_llama(model, mesh, tp=tp, dp=dp)
+        parallelize_llama(model, layout, tp=tp, dp=dp)
         results[name] = materialized(model, eager)
     # HSDP: replicate across dp, shard across the other dimension
     model = lazy(llama)
@@ -309,8 +296,8 @@ def scenario_two_dimensional() -> dict[str, Any]:
     return results
 
 
-def test_two_dimensional_layouts_at_four_ranks_are_exact(tmp_path: Path) -> None:
-    for found in run_ranks(scenario_two_dimensional, tmp_path, nproc=4):
+def test_layouts_at_four_ranks_are_exact(tmp_path: Path) -> None:
+    for found in run_ranks(scenario_four_ranks, tmp_path, nproc=4):
         for layout, result in found.items():
             assert result["lazy_before"] and not result["lazy_after"], layout
             assert result["not_equal"] == [], layout
@@ -379,23 +366,6 @@ def test_accelerate_fsdp2_preparation_then_materialize_is_exact(tmp_path: Path) 
         assert found["rng_untouched"] and found["rng_as_eager"] and found["dtensors"] > 0
 
 
-def wide_llama() -> nn.Module:
-    """Rows of 328 elements (not a multiple of normal_'s 16-blocks), tensors above the size that
-    is drawn whole, and an odd vocabulary (uneven FSDP2 shards, padded)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        hidden_size=328,
-        intermediate_size=600,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=1001,
-        tie_word_embeddings=False,
-    )
-    return LlamaForCausalLM(config)
-
-
 def scenario_memory_and_uneven() -> dict[str, Any]:
     """Per-rank peak memory of fully_shard + materialize on a 400 MB lazy Llama (default
     allocator), then uneven shards of a wide Llama under FSDP2 and TP x FSDP2."""
@@ -424,8 +394,10 @@ def scenario_memory_and_uneven() -> dict[str, Any]:
         model = LlamaForCausalLM(config)
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
     parallelize_llama(model, mesh, tp=False, dp=True)
-    dormant.materialize(model)
+    report = dormant.materialize(model, report=True)
     results: dict[str, Any] = {
+        "drawn": report.shard_drawn,
+        "numel": report.numel,
         "growth": peak_rss() - now,
         "before": before - now,
         "model": nbytes,
@@ -448,8 +420,48 @@ def test_rank_holds_about_its_share_and_uneven_shards_are_exact(tmp_path: Path) 
         assert found["before"] < 0.05 * found["model"]  # the earlier peak hides nothing
         share = found["growth"] / found["model"]
         assert share <= 1 / found["world"] + 0.1, f"peak growth {share:.2f}x the model's bytes"
+        # each rank draws about its share of the random numbers, not the model's
+        assert found["drawn"] <= (1 / found["world"] + 0.05) * found["numel"]
+        assert found["fsdp"]["drawn"] <= 0.6 * found["fsdp"]["full_params"]
         for layout in ("fsdp", "tp_x_fsdp"):
             result = found[layout]
             assert result["lazy_before"] and not result["lazy_after"], layout
             assert result["not_equal"] == [] and result["rng_as_eager"], layout
             assert result["whole"] == [], layout
+
+
+def scenario_fsdp_options() -> dict[str, Any]:
+    """fully_shard's options the Booster plugins use: mixed precision, CPU offload, keeping
+    parameters gathered after forward (ZeRO-2); each then trains two steps."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy
+
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    options: dict[str, dict[str, Any]] = {
+        "bf16": {"mp_policy": MixedPrecisionPolicy(torch.bfloat16, torch.float32)},
+        "offload": {"offload_policy": CPUOffloadPolicy(pin_memory=False)},
+        "zero2": {"reshard_after_forward": False},
+    }
+    eager = Eager(llama)
+    results = {}
+    for name, kwargs in options.items():
+        model = lazy(llama)
+        for block in model.model.layers:
+            fully_shard(block, mesh=mesh, **kwargs)
+        fully_shard(model, mesh=mesh, **kwargs)
+        found = materialized(model, eager)
+        ids = torch.arange(12).reshape(2, 6) % 128
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(2):
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            optimizer.step()
+        found["trains"] = bool(torch.isfinite(loss))
+        results[name] = found
+    return results
+
+
+def test_fully_shard_options_then_materialize_are_exact_and_train(tmp_path: Path) -> None:
+    for found in run_ranks(scenario_fsdp_options, tmp_path):
+        for name, result in found.items():
+            assert not result["lazy_after"] and result["not_equal"] == [], name
+            assert result["whole"] == [] and result["trains"], name

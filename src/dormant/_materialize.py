@@ -127,7 +127,8 @@ def _materialize(
     # [Note: materializing what the user sharded]), before the rest, which they never read.
     local = {id(t): (name, t) for name, t in sharded_lazy(module)}
     if local:
-        values, report.shard_elements, report.whole = compute_local(local)
+        values, work = compute_local(local)
+        report.shard_elements, report.shard_drawn, report.whole = work
         install(local, values, module)
         del values
     if lazy:

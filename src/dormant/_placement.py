@@ -459,9 +459,10 @@ def write_local(target: torch.Tensor, full: torch.Tensor) -> None:
 # module's direct sight: the local tensor inside a DTensor parameter, and FSDP2's padded shard
 # that this local tensor is a view of. A local storage's program reads only its rank's part of
 # the full tensor, so it is computed as a window of its own ([Note: windows] in ``_slices.py``):
-# a rank draws and computes its shard alone, and never the full tensor. A storage whose recorded
-# ops have no window rule (a column shard's strided copy, a padded last chunk) is replayed whole,
-# from the full tensor, and named in the report.
+# a rank draws and computes its shard alone, and never the full tensor (a column shard, read
+# through its strides, spans whole rows of it: those rows). A storage whose recorded ops have no
+# window rule (``orthogonal_``, a data-dependent init) is replayed whole, from the full tensor,
+# and named in the report.
 
 
 def sharded_lazy(module: nn.Module) -> Iterator[tuple[str, LazyTensor]]:
@@ -495,15 +496,19 @@ def lazy_local(t: torch.Tensor) -> LazyTensor | None:
     return local if isinstance(local, LazyTensor) else None
 
 
+class LocalWork(NamedTuple):
+    """What :func:`compute_local` did."""
+
+    elements: int  # local elements computed alone
+    drawn: int  # random numbers drawn for them
+    whole: list[WholeTensor]  # storages computed from their whole inputs, and why
+
+
 def compute_local(
     tensors: dict[int, tuple[str, LazyTensor]],
-) -> tuple[dict[int, torch.UntypedStorage], int, list[WholeTensor]]:
+) -> tuple[dict[int, torch.UntypedStorage], LocalWork]:
     """The values of these local tensors' storages, each computed alone where it can be (see
-    [Note: materializing what the user sharded]).
-
-    Returns the values by ``id(storage)``, the elements computed alone, and the storages that
-    had to be computed from their whole inputs.
-    """
+    [Note: materializing what the user sharded]), by ``id(storage)``, and what it took."""
     window = Window()
     values: dict[int, torch.UntypedStorage] = {}
     whole: dict[int, object] = {}
@@ -529,4 +534,4 @@ def compute_local(
         elements += n
     if whole:
         values.update(compute(whole.values()))  # type: ignore[arg-type]
-    return values, elements, report
+    return values, LocalWork(elements, window.drawn, report)

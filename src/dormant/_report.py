@@ -40,6 +40,7 @@ class MaterializeReport:
     threads: int = 1  # replay threads the values were computed on
     # Elements of local shards (DTensor, FSDP2) computed alone, without their full tensors.
     shard_elements: int = 0
+    shard_drawn: int = 0  # random numbers drawn for them (whole-drawn small tensors count whole)
     # Local shards that had to be computed from their whole inputs, and why.
     whole: list[WholeTensor] = field(default_factory=list)
 
@@ -85,8 +86,9 @@ class MaterializeReport:
         lines += [f"    - {e.name}: forced by {e.op} at {e.where}" for e in self.early]
         if self.shard_elements or self.whole:
             lines.append(
-                f"  local shards: {self.shard_elements:,} elements computed alone, "
-                f"{len(self.whole)} shards from their whole tensors"
+                f"  local shards: {self.shard_elements:,} elements computed alone "
+                f"({self.shard_drawn:,} random numbers drawn), {len(self.whole)} shards from "
+                "their whole tensors"
             )
             lines += [f"    - {w.name}: {w.reason}" for w in self.whole]
         if self.meta:

@@ -105,6 +105,7 @@ class Window:
     def __init__(self) -> None:
         self.generator = torch.Generator()
         self.at: _rng.Position | None = None  # where ``generator`` stands, when known
+        self.drawn = 0  # random elements drawn (a measure of the work done)
 
     def values(
         self,
@@ -310,8 +311,11 @@ class Window:
         rule = random_rule(like, out.dtype)
         if n <= _SMALL:  # cheaper whole than placed twice
             whole = torch.empty(n, dtype=out.dtype)
+            if written is not None and written.meta.numel() == n:
+                # in the written tensor's shape: an init recorded whole (orthogonal_) needs it
+                whole = whole.view(written.meta.shape)
             self._draw(fill, whole, start, None)
-            out.copy_(whole[a:b])
+            out.copy_(whole.view(-1)[a:b])
         elif rule is None:
             raise Unsliceable(f"{node.label}: no window rule for {out.dtype}")
         else:
@@ -353,6 +357,7 @@ class Window:
         fill(out, self.generator)
         # (rule draws are whole blocks, so their count is known; a whole small op's may not be)
         self.at = at.after(draws_per_element * out.numel()) if draws_per_element else None
+        self.drawn += out.numel()
 
 
 def random_window(

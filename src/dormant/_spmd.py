@@ -15,10 +15,12 @@ the ranks agree on the program they would have sent (:func:`program_digest`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import sys
 from collections.abc import Iterable
-from types import FrameType
+from types import CodeType, FrameType, ModuleType
 from typing import Any
 
 import torch
@@ -124,16 +126,26 @@ def replace_collective(frame: FrameType) -> bool:
     module = sys.modules.get(_COLLECTIVES)
     if module is None:  # DTensor not imported: no DTensor is being distributed
         return False
+    scatter, broadcast = _collective_codes(module)
     code = frame.f_code
-    scope = frame.f_locals
-    if code is module.mesh_scatter.__code__:
+    if code is scatter:
+        scope = frame.f_locals
         _scatter(scope["output"], scope["scatter_list"], scope["mesh"], scope["mesh_dim"])
         return True
-    if code is module.mesh_broadcast.__code__:
-        group = scope["mesh"].get_group(scope["mesh_dim"])
-        check_same_program([scope["tensor"]], group)
+    if code is broadcast:
+        scope = frame.f_locals
+        check_same_program([scope["tensor"]], scope["mesh"].get_group(scope["mesh_dim"]))
         return True
     return False
+
+
+@functools.cache
+def _collective_codes(module: ModuleType) -> tuple[CodeType, CodeType]:
+    # (unwrapped: a decorator would leave its own code object on the module attribute)
+    return (
+        inspect.unwrap(module.mesh_scatter).__code__,
+        inspect.unwrap(module.mesh_broadcast).__code__,
+    )
 
 
 def _scatter(output: torch.Tensor, chunks: list[torch.Tensor], mesh: Any, mesh_dim: int) -> None:
