@@ -93,19 +93,15 @@ class Phases:
 
 
 def _watch_dormant(phases: Phases) -> None:
-    from dormant import _mt19937, _placement, _rng
-    from dormant.booster.plugin import base, torch_fsdp
+    from dormant import _mt19937, _rng
+    from dormant.booster.plugin import sharding
 
-    phases.wrap(torch_fsdp, "check_same_program")
-    phases.wrap(torch_fsdp, "init_device_mesh")
-    phases.wrap(torch_fsdp, "fully_shard")
-    for name in ("to_meta", "to_empty", "fill_local", "materialize"):
-        phases.wrap(base, name)
-    # Generator placement, within fill_local: long gaps jump, short ones draw.
+    for name in ("check_same_program", "init_device_mesh", "fully_shard", "materialize"):
+        phases.wrap(sharding, name)
+    # Generator placement, within materialize: long gaps jump, short ones draw.
     phases.wrap(_mt19937, "_block_ahead", "  of which: jumps")
     phases.wrap(_mt19937, "_x_pow_mod", "  of which: jump polynomials")
-    phases.wrap(_rng.Position, "place", "  fill_local: generator placement")
-    del _placement
+    phases.wrap(_rng.Position, "place", "  materialize: generator placement")
 
 
 def _watch_meta(phases: Phases) -> None:
