@@ -304,15 +304,17 @@ class Window:
         if out.device.type != "cpu":
             raise Unsliceable(f"{node.label} draws on {out.device}: no window rule")
         op = node.op
-        if isinstance(op, DeferredCall) and op.name not in _FLAT_LIBRARY_CALLS:
+        in_shape = written is not None and written.meta.numel() == n
+        shaped = isinstance(op, DeferredCall) and op.name not in _FLAT_LIBRARY_CALLS
+        if shaped and not (n <= _SMALL and in_shape):
             # orthogonal_'s QR needs the tensor's shape: never run on a flat window
             raise Unsliceable(f"{node.label} needs the whole tensor")
         fill, like = self._random_fill(node, written)
         rule = random_rule(like, out.dtype)
         if n <= _SMALL:  # cheaper whole than placed twice
             whole = torch.empty(n, dtype=out.dtype)
-            if written is not None and written.meta.numel() == n:
-                # in the written tensor's shape: an init recorded whole (orthogonal_) needs it
+            if in_shape:  # in the written tensor's shape: an init recorded whole needs it
+                assert written is not None
                 whole = whole.view(written.meta.shape)
             self._draw(fill, whole, start, None)
             out.copy_(whole.view(-1)[a:b])
