@@ -96,12 +96,13 @@ def _watch_dormant(phases: Phases) -> None:
     from dormant import _mt19937, _rng
     from dormant.booster.plugin import sharding
 
-    for name in ("check_same_program", "init_device_mesh", "fully_shard", "materialize"):
+    names = ("check_same_program", "init_device_mesh", "fully_shard", "to_meta", "to_empty")
+    for name in (*names, "fill_local", "materialize"):
         phases.wrap(sharding, name)
-    # Generator placement, within materialize: long gaps jump, short ones draw.
+    # Generator placement, within fill_local: long gaps jump, short ones draw.
     phases.wrap(_mt19937, "_block_ahead", "  of which: jumps")
     phases.wrap(_mt19937, "_x_pow_mod", "  of which: jump polynomials")
-    phases.wrap(_rng.Position, "place", "  materialize: generator placement")
+    phases.wrap(_rng.Position, "place", "  fill_local: generator placement")
 
 
 def _watch_meta(phases: Phases) -> None:

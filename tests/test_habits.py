@@ -27,6 +27,7 @@ from dormant import (
     is_lazy,
     materialize,
 )
+from dormant._placement import fill_local, to_empty, to_meta
 
 
 def _pair(
@@ -465,6 +466,15 @@ class _Orthogonal(nn.Module):
         nn.init.orthogonal_(self.conv.weight)
         self.trunc = nn.Linear(16, 16)
         nn.init.trunc_normal_(self.trunc.weight, std=0.02, a=-0.04, b=0.04)
+
+
+def test_shard_fill_computes_shape_dependent_inits_whole() -> None:
+    eager, lazy = _pair(_Orthogonal)
+    sources = to_meta(lazy)
+    to_empty(lazy, "cpu")
+    whole = fill_local(lazy, sources)  # one rank holding everything: the whole-tensor fallback
+    assert_same(eager, lazy)
+    assert whole == []  # (small enough to be drawn whole in their own shape, then sliced)
 
 
 SEED = 1234  # every rank's seed in ``scenario_*`` (tests/distributed/run.py reads it)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from dormant import LazyInitContext, materialize
-from dormant._placement import SlotKind, module_tensors
+from dormant._placement import SlotKind, fill_local, module_tensors, to_empty, to_meta
 
 
 class Holder(nn.Module):
@@ -42,3 +42,18 @@ def test_values_land_in_the_same_tensor_objects() -> None:
     after = {slot.name: slot.tensor for slot in module_tensors(m)}
     assert all(after[name] is before[name] for name in before)
     assert type(m.lin.weight) is nn.Parameter and torch.equal(m.keyed["a"], torch.ones(2))
+
+
+def test_meta_then_empty_then_fill_gives_the_values_back() -> None:
+    # The sequence sharding plugins use, here without sharding: one rank holds everything.
+    torch.manual_seed(0)
+    eager = Holder()
+    torch.manual_seed(0)
+    with LazyInitContext():
+        m = Holder()
+    sources = to_meta(m)
+    assert m.lin.weight.is_meta
+    to_empty(m, "cpu")
+    fill_local(m, sources)
+    for name, t in eager.state_dict().items():
+        assert torch.equal(m.state_dict()[name], t), name

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import gc
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -23,7 +24,7 @@ from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
 from ._graph import view_of
 from ._lazy_tensor import INTERNAL_ATTRS, LazyTensor
-from ._replay import compute
+from ._replay import compute, compute_each, progress_bar
 from ._slices import Unsliceable, Window
 from .errors import MaterializationError
 
@@ -248,7 +249,21 @@ def _swap(t: torch.Tensor, new: torch.Tensor) -> None:
     torch._C._swap_tensor_impl(t, new)
 
 
-# Elements of a local shard computed at once: bounds the transient memory per rank.
+# --- sharded placement ---------------------------------------------------------------------------
+# [Note: sharded materialization]
+# A parallel engine (FSDP2, DTensor tensor parallelism) shards a module whose parameters are on
+# the meta device without allocating them, then ``to_empty`` allocates only the local shards. So
+# dormant hands the engine a meta copy of the module's geometry (``to_meta``), lets it shard and
+# allocate, and writes each local shard (``fill_local``). A shard is a box of the full tensor; its
+# rows are contiguous ranges of elements, which replay computes alone ([Note: windows] in
+# ``_slices.py``): a rank draws and computes only its own part, straight into the shard's memory
+# (shards split along a later dimension, as tensor parallelism's row-wise layout does, go through
+# bounded chunks of whole rows). A storage whose recorded ops have no window rule (orthogonal_'s
+# QR, a data-dependent init) is computed whole, once, and named in the report. Every rank replays
+# the same program from the same RNG positions, so shards agree across ranks without
+# communication.
+
+# Rows of a column-split shard computed at once: bounds the transient memory per rank.
 CHUNK_BYTES = 16 * 2**20
 
 
@@ -261,9 +276,163 @@ class WholeTensor:
     reason: str
 
 
+def to_meta(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Replace every parameter and buffer by a meta tensor of the same geometry, ties kept.
+
+    Returns the original tensors (lazy or real) by fully qualified name, to fill the allocated
+    tensors from with :func:`fill_local`.
+    """
+    sources: dict[str, torch.Tensor] = {}
+    replaced: dict[int, torch.Tensor] = {}
+    for prefix, mod in module.named_modules(remove_duplicate=True):
+        dot = f"{prefix}." if prefix else ""
+        for table in (mod._parameters, mod._buffers):
+            for name, t in list(table.items()):
+                if t is None:
+                    continue
+                sources[dot + name] = t
+                meta = replaced.get(id(t))
+                if meta is None:
+                    # contiguous: FSDP2 shards contiguous parameters only (a channels_last conv)
+                    meta = torch.empty(t.shape, dtype=t.dtype, device="meta")
+                    if isinstance(t, nn.Parameter):
+                        meta = nn.Parameter(meta, requires_grad=t.requires_grad)
+                    replaced[id(t)] = meta
+                table[name] = meta  # type: ignore[index]
+    return sources
+
+
+def to_empty(module: nn.Module, device: torch.device | str) -> None:
+    """``module.to_empty(device=...)``, keeping tied parameters and buffers tied.
+
+    ``nn.Module.to_empty`` makes one new tensor per place a meta tensor is held, which unties
+    weights (``lm_head.weight is embed.weight``); dormant ties them again.
+    """
+    groups: dict[int, list[tuple[nn.Module, str, str]]] = {}
+    for mod in module.modules():
+        for table_name in ("_parameters", "_buffers"):
+            for name, t in getattr(mod, table_name).items():
+                if t is not None:
+                    groups.setdefault(id(t), []).append((mod, table_name, name))
+    module.to_empty(device=device)
+    for places in groups.values():
+        first_mod, first_table, first_name = places[0]
+        first = getattr(first_mod, first_table)[first_name]
+        for mod, table_name, name in places[1:]:
+            getattr(mod, table_name)[name] = first
+
+
+def fill_local(
+    module: nn.Module, sources: dict[str, torch.Tensor], *, progress: bool | None = None
+) -> list[WholeTensor]:
+    """Write each allocated parameter and buffer (or its local shard) from ``sources``.
+
+    Returns the lazy tensors that could not be computed shard by shard (see
+    [Note: sharded materialization]).
+    """
+    targets: dict[str, torch.Tensor] = dict(module.named_parameters(remove_duplicate=False))
+    targets.update(module.named_buffers(remove_duplicate=False))
+    lazy: list[tuple[str, LazyTensor, torch.Tensor]] = []
+    for name, source in sources.items():
+        if isinstance(source, LazyTensor):
+            lazy.append((name, source, targets[name]))
+        else:
+            write_local(targets[name], source)
+    # In recorded order, so the replay generator mostly moves forward.
+    lazy.sort(key=lambda item: _last_write(item[1]))
+    window = Window()
+    whole: dict[int, list[tuple[str, LazyTensor, torch.Tensor]]] = {}
+    report: list[WholeTensor] = []
+    done: set[int] = set()
+    bar = progress_bar(len(lazy), progress, "filling shards", "tensor", shown_above=200)
+    for name, source, target in lazy:
+        bar.update(1)
+        if id(target) in done:  # a tied weight: one tensor
+            continue
+        done.add(id(target))
+        try:
+            with torch.no_grad():
+                _fill_shard(window, source, target)
+        except Unsliceable as e:
+            storage = source._lazy_storage
+            if id(storage) not in whole:
+                report.append(WholeTensor(name, storage.nbytes, str(e)))
+            whole.setdefault(id(storage), []).append((name, source, target))
+    bar.close()
+
+    def on_ready(storage: object, value: torch.UntypedStorage) -> None:
+        for _, source, target in whole[id(storage)]:
+            write_local(target, view_of(value, source._meta))
+
+    storages = [items[0][1]._lazy_storage for items in whole.values()]
+    compute_each(storages, on_ready, progress=progress)
+    return report
+
+
 def _last_write(t: LazyTensor) -> int:
     writers = t._lazy_storage.writers
     return writers[-1].seq if writers else -1
+
+
+def _fill_shard(window: Window, source: LazyTensor, target: torch.Tensor) -> None:
+    """Compute ``target``'s local part of ``source`` alone (see [Note: sharded materialization])."""
+    from torch.distributed.tensor import DTensor
+
+    local = target.to_local() if isinstance(target, DTensor) else target
+    box = _local_box(target, local)
+    meta = source._meta
+    if box is None or not meta.is_contiguous():
+        raise Unsliceable("its shard is not a box of a contiguous tensor")
+    if local.numel() == 0:
+        return
+    storage, offset = source._lazy_storage, int(meta.storage_offset())
+    shape = tuple(int(n) for n in meta.shape)
+    if not shape:
+        local.copy_(window.values(storage, meta.dtype, offset, offset + 1).reshape(()))
+        return
+    row = math.prod(shape[1:])
+    first, rows = box[0]
+    whole_rows = all(b == (0, n) for b, n in zip(box[1:], shape[1:]))
+    if whole_rows:  # one contiguous range: computed straight into the shard if it can be
+        lo, hi = offset + first * row, offset + (first + rows) * row
+        direct = (
+            local.is_contiguous() and local.dtype == meta.dtype and local.device == storage.device
+        )
+        values = window.values(storage, meta.dtype, lo, hi, local.view(-1) if direct else None)
+        if not direct:
+            local.copy_(values.view(local.shape))
+        return
+    step = max(1, CHUNK_BYTES // (row * meta.element_size()))
+    columns = tuple(slice(o, o + n) for o, n in box[1:])
+    for r in range(first, first + rows, step):
+        end = min(r + step, first + rows)
+        values = window.values(storage, meta.dtype, offset + r * row, offset + end * row)
+        local[r - first : end - first].copy_(
+            values.view(end - r, *shape[1:])[(slice(None), *columns)]
+        )
+
+
+def _local_box(target: torch.Tensor, local: torch.Tensor) -> list[tuple[int, int]] | None:
+    """(offset, length) per dimension of the full tensor that ``local`` holds; None if the
+    local part is not such a box (a partial sum)."""
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+    from torch.distributed.tensor.placement_types import _StridedShard
+
+    if not isinstance(target, DTensor):
+        return [(0, n) for n in target.shape]
+    # (FSDP2 over tensor parallelism places ``_StridedShard``s; torch computes their box too)
+    kinds = [
+        p.is_shard() or p.is_replicate() or isinstance(p, _StridedShard) for p in target.placements
+    ]
+    if not all(kinds):
+        return None
+    shape, offset = compute_local_shape_and_global_offset(
+        target.shape, target.device_mesh, target.placements
+    )
+    if tuple(shape) != tuple(local.shape):
+        return None
+    return list(zip(offset, shape, strict=True))
 
 
 def write_local(target: torch.Tensor, full: torch.Tensor) -> None:
@@ -281,11 +450,9 @@ def write_local(target: torch.Tensor, full: torch.Tensor) -> None:
             target.copy_(full)
 
 
-# --- sharded placement ---------------------------------------------------------------------------
+# --- what the user's own sharding code left lazy ------------------------------------------------
 # [Note: materializing what the user sharded]
-# One path for every layout, whoever shards: the Booster's plugins run the same engine calls on
-# the lazy model that users' own code does, then ``materialize``. Sharding code run on a lazy
-# model (FSDP2's ``fully_shard``, DTensor's ``distribute_tensor`` and
+# Sharding code run on a lazy model (FSDP2's ``fully_shard``, DTensor's ``distribute_tensor`` and
 # the parallel styles built on it) only slices, pads and copies, and those ops are recorded like
 # any others (a scatter or broadcast of a lazy tensor is replaced by its slice: [Note:
 # distributing a lazy tensor] in ``_spmd.py``). What it leaves is lazy tensors out of the

@@ -22,6 +22,7 @@ from torch.distributed.fsdp import (
 from torch.distributed.tensor.parallel import ParallelStyle, parallelize_module
 
 from ..._materialize import materialize
+from ..._placement import fill_local, to_empty, to_meta
 from ..._spmd import check_same_program
 from ...errors import DormantError
 from ..precision import Precision
@@ -76,7 +77,7 @@ class Sharding:
 
 def shard(model: nn.Module, sharding: Sharding) -> DeviceMesh | None:
     """Shard ``model`` (lazy, partly lazy or real) as ``sharding`` says, each rank computing
-    only its own shards (see [Note: materializing what the user sharded] in ``_placement.py``).
+    only its own shards (see [Note: sharded materialization] in ``_placement.py``).
 
     Returns the pipeline dimension of the mesh when ``pp_size`` > 1 (each rank then holds only
     its stage, see ``pipeline.py``), else None.
@@ -100,6 +101,7 @@ def shard(model: nn.Module, sharding: Sharding) -> DeviceMesh | None:
     check_same_program(model)
     # after check_same_program: ranks agree on the model, so all raise here or none does
     check_plan_matches(model, plan)
+    device = "cpu" if sharding.offload else device_type()
     tp_mesh = pp_mesh = None
     if pp > 1:  # each rank keeps its stage's layers, then FSDP2 shards them over the stage's dp
         mesh = init_device_mesh(device_type(), (pp, dp), mesh_dim_names=("pp", "dp"))
@@ -115,8 +117,7 @@ def shard(model: nn.Module, sharding: Sharding) -> DeviceMesh | None:
         dp_mesh = init_device_mesh(device_type(), (world,))
     # FSDP2 cannot shard a 0-dim parameter: it stays whole on every rank, its gradient averaged
     scalars = [name for name, p in model.named_parameters() if p.dim() == 0]
-    with as_it_was_on_failure(model):
-        _contiguous_parameters(model)  # FSDP2 shards contiguous parameters only
+    with as_it_was_on_failure(model), sharded_in_place(model, device):
         if tp_mesh is not None:
             parallelize_module(model, tp_mesh, plan)
         # FSDP2 also over a data-parallel dimension of 1: it applies the precision policy
@@ -126,14 +127,6 @@ def shard(model: nn.Module, sharding: Sharding) -> DeviceMesh | None:
         for block in blocks(model, sharding.wrap):
             fully_shard(block, **kwargs)
         fully_shard(model, **kwargs)
-        # The public path, as after the user's own sharding code: each rank computes its shards
-        report = materialize(model, report=True)
-    if report.whole:  # (logging.getLogger("dormant").setLevel("INFO") shows them)
-        _log.info(
-            "dormant: %d tensors computed whole on every rank, then sliced (no window rule): %s",
-            len(report.whole),
-            "; ".join(f"{w.name} ({w.nbytes / 2**20:.1f} MiB): {w.reason}" for w in report.whole),
-        )
     for name in scalars:
         model.get_parameter(name).register_post_accumulate_grad_hook(_averaged_over(dp_mesh))
     return pp_mesh
@@ -183,13 +176,27 @@ def as_it_was_on_failure(model: nn.Module) -> Iterator[None]:
         ) from e
 
 
-def _contiguous_parameters(model: nn.Module) -> None:
-    """Give each non-contiguous parameter (a channels_last convolution's) contiguous memory,
-    keeping the parameter object (and so ties and references): FSDP2 refuses the others."""
-    with torch.no_grad():
-        for p in model.parameters():
-            if not p.is_contiguous():
-                p.data = p.contiguous()
+@contextlib.contextmanager
+def sharded_in_place(model: nn.Module, device: str) -> Iterator[None]:
+    """Shard ``model`` with a PyTorch engine inside the block, before any value exists; then
+    allocate each rank's local shards on ``device`` and fill them exactly.
+
+    See [Note: sharded materialization] in ``_placement.py``: the model is moved to meta
+    (keeping its lazy or real values aside), the engine shards meta tensors, ``to_empty``
+    allocates the local shards, and each shard is filled from the values kept aside.
+    """
+    sources = to_meta(model)
+    yield
+    to_empty(model, device)
+    whole = fill_local(model, sources)
+    del sources
+    if whole:  # (logging.getLogger("dormant").setLevel("INFO") shows them)
+        _log.info(
+            "dormant: %d tensors computed whole on every rank, then sliced (no window rule): %s",
+            len(whole),
+            "; ".join(f"{w.name} ({w.nbytes / 2**20:.1f} MiB): {w.reason}" for w in whole),
+        )
+    materialize(model)  # tensors held as plain attributes, if any are lazy
 
 
 def blocks(model: nn.Module, wrap: Callable[[nn.Module], bool] | None = None) -> list[nn.Module]:
