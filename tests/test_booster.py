@@ -158,6 +158,15 @@ def test_boosting_a_boosted_model_or_its_wrapper_says_so(one_rank: None, name: s
             Booster(plugin=ONE_RANK_PLUGINS[name]()).boost(again)
 
 
+def test_fp32_is_accepted_by_every_plugin(one_rank: None) -> None:
+    booster = Booster(plugin=TorchDDPPlugin(), mixed_precision="fp32")
+    model, *_ = booster.boost(stack())
+    assert not is_lazy(model)
+    plugin = GeminiPlugin()
+    Booster(plugin=plugin, mixed_precision="fp32")
+    assert plugin.precision.param_dtype is None and plugin.precision.loss_scale is None
+
+
 def test_launch_takes_the_peer_api_config_dict(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(TypeError, match=r"takes no config dict, got keys \['seed'\]"):
         dormant.launch({"seed": 1})

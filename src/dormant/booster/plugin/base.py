@@ -86,8 +86,8 @@ class Plugin:
 
     def use_mixed_precision(self, mixed_precision: str | None) -> None:
         """Apply the Booster's ``mixed_precision``; called when the Booster is made."""
-        if mixed_precision is None:
-            return
+        if mixed_precision is None or (mixed_precision == "fp32" and not self.controls_precision):
+            return  # (fp32 is what a plugin without a precision policy computes in anyway)
         if not self.controls_precision:
             raise DormantError(
                 f"{type(self).__name__} does not apply mixed_precision={mixed_precision!r}; use "
