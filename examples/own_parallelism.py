@@ -52,3 +52,4 @@ eager = LlamaForCausalLM(config).state_dict()  # what one process builds, for th
 full = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in model.state_dict().items()}
 same = sum(torch.equal(full[k], eager[k]) for k in eager)
 print(f"rank {dist.get_rank()}: {same} of {len(eager)} tensors equal an eager build (tp={tp})")
+dist.destroy_process_group()
