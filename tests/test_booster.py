@@ -177,3 +177,11 @@ def test_launch_takes_the_peer_api_config_dict(monkeypatch: pytest.MonkeyPatch) 
         assert torch.distributed.get_world_size() == 1
     finally:
         torch.distributed.destroy_process_group()
+
+
+def test_an_optimizer_over_parameters_boost_does_not_see_is_refused(one_rank: None) -> None:
+    model = stack()
+    stray = nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.SGD([*model.parameters(), stray], lr=0.1)
+    with pytest.raises(DormantError, match="no longer has"):
+        Booster(plugin=TorchFSDPPlugin()).boost(model, optimizer)

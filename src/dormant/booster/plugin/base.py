@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
 from ...errors import DormantError
@@ -70,6 +71,8 @@ class Plugin:
     default_precision = "fp32"
     #: Whether the plugin's engine can apply a compute precision (FSDP2's policy).
     controls_precision = True
+    #: This rank's pipeline dimension once a model is boosted into stages, else None.
+    pp_mesh: DeviceMesh | None = None
 
     def __init__(
         self,
@@ -123,10 +126,20 @@ class Plugin:
         if optimizer.state:
             raise DormantError("boost() expects an optimizer that has not stepped yet")
         current = dict(self.unwrap(model).named_parameters(remove_duplicate=False))
-        for group in optimizer.param_groups:  # (a pipeline stage holds its own layers only)
-            group["params"] = [
-                current[n] for p in group["params"] if (n := names[id(p)]) in current
-            ]
+        held = [
+            names.get(id(p), f"a {tuple(p.shape)} tensor outside the model")
+            for g in optimizer.param_groups
+            for p in g["params"]
+        ]
+        gone = [n for n in held if n not in current]
+        if gone and self.pp_mesh is None:  # only a pipeline stage drops the others' layers
+            raise DormantError(
+                f"the optimizer holds parameters that the boosted model no longer has "
+                f"({', '.join(gone[:5])}): build the optimizer on the model passed to boost()"
+            )
+        for group in optimizer.param_groups:
+            kept = (names.get(id(p)) for p in group["params"])
+            group["params"] = [current[n] for n in kept if n in current]
         loss_scale = self.precision.loss_scale
         scaler = None
         if loss_scale is not None:
@@ -201,7 +214,7 @@ class Plugin:
         size_per_shard: int = 1024,
         use_safetensors: bool = False,
     ) -> None:
-        if gather_dtensor and getattr(self, "pp_mesh", None) is not None:
+        if gather_dtensor and self.pp_mesh is not None:
             raise DormantError(
                 "each rank holds only its pipeline stage, so no rank can write the whole model: "
                 "pass gather_dtensor=False (a torch.distributed.checkpoint folder that every "

@@ -12,7 +12,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import FSDPModule
 
 from ...errors import DormantError
@@ -34,7 +33,6 @@ class ShardedPlugin(Plugin):
     set ``self.sharding`` from their arguments."""
 
     sharding = Sharding()
-    pp_mesh: DeviceMesh | None = None
 
     def configure_model(self, model: nn.Module) -> nn.Module:
         require_process_group(self)
