@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Iterator
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -30,14 +29,8 @@ from test_user_sharding import BLOCK_PLAN, Eager, lazy, llama, materialized
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import DTensor, Replicate, Shard
-from torch.distributed.tensor.parallel import (
-    ColwiseParallel,
-    PrepareModuleInput,
-    RowwiseParallel,
-    SequenceParallel,
-    parallelize_module,
-)
+from torch.distributed.tensor import DTensor, Replicate
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
 import dormant
 from dormant import LazyInitContext, is_lazy
@@ -278,39 +271,17 @@ def test_accelerator_on_cpu_does_not_shard_and_says_to_materialize_first(tmp_pat
 # --- torchtitan's whole tensor-parallel plan, on transformers' Llama ---------------------------
 
 
-def llama_tp_plan() -> dict[str, Any]:
-    """torchtitan's plan with sequence parallelism, in transformers' module names: the
-    embeddings and head are sharded too (only the norms' weights stay whole)."""
-    return {
-        "model.embed_tokens": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
-        "model.norm": SequenceParallel(),
-        "lm_head": ColwiseParallel(input_layouts=Shard(1), output_layouts=Replicate()),
-    }
-
-
-def llama_block_tp_plan() -> dict[str, Any]:
-    return {
-        "input_layernorm": SequenceParallel(),
-        "self_attn": PrepareModuleInput(
-            input_kwarg_layouts={"hidden_states": Shard(1)},
-            desired_input_kwarg_layouts={"hidden_states": Replicate()},
-        ),
-        **{k: v for k, v in BLOCK_PLAN.items() if not k.endswith(("o_proj", "down_proj"))},
-        "self_attn.o_proj": RowwiseParallel(output_layouts=Shard(1)),
-        "post_attention_layernorm": SequenceParallel(),
-        "mlp": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
-        "mlp.down_proj": RowwiseParallel(output_layouts=Shard(1)),
-    }
-
-
 def parallelize_whole(model: nn.Module, mesh: Any) -> None:
-    parallelize_module(model, mesh, llama_tp_plan())
+    """torchtitan's tensor-parallel plan, in transformers' module names: the embeddings and head
+    are sharded too (only the norms' weights stay whole). Without its sequence parallelism,
+    which transformers' Llama cannot run (it computes positions from the local sequence)."""
+    head = {
+        "model.embed_tokens": RowwiseParallel(input_layouts=Replicate()),
+        "lm_head": ColwiseParallel(output_layouts=Replicate()),
+    }
+    parallelize_module(model, mesh, head)
     for block in model.model.layers:
-        parallelize_module(block, mesh, llama_block_tp_plan())
-
-
-def big_tensors(model: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
-    return ((k, p) for k, p in model.named_parameters() if p.dim() > 1)
+        parallelize_module(block, mesh, BLOCK_PLAN)
 
 
 def scenario_whole_tp_plan() -> dict[str, Any]:
@@ -319,8 +290,14 @@ def scenario_whole_tp_plan() -> dict[str, Any]:
     model = lazy(llama)
     parallelize_whole(model, mesh)
     found = materialized(model, eager)
-    found["whole_matrices"] = [
-        k for k, p in big_tensors(model) if not isinstance(p, DTensor) or p.placements[0].is_replicate()
+    ids = torch.arange(12).reshape(2, 6) % 128
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    found["trains"] = bool(torch.isfinite(loss))
+    found["whole_matrices"] = [  # a matrix not sharded on the TP mesh
+        k
+        for k, p in model.named_parameters()
+        if p.dim() > 1 and (not isinstance(p, DTensor) or p.placements[0].is_replicate())
     ]
     return found
 
@@ -332,5 +309,5 @@ def test_whole_tensor_parallel_plan_then_materialize_is_exact(tmp_path: Path) ->
         assert found["not_equal"] == [] and found["whole"] == []
         assert found["rng_untouched"] and found["rng_as_eager"]
         assert found["whole_matrices"] == []  # embeddings and head sharded, not replicated
+        assert found["trains"]
         assert found["local_params"] <= 0.55 * found["full_params"]
-
