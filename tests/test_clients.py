@@ -107,10 +107,10 @@ def scenario_torchtitan() -> dict[str, Any]:
     # torchtitan takes its device type from the accelerator it finds at import and falls back to
     # "cuda", so on a CPU-only machine ParallelDims.build_mesh fails in init_device_mesh("cuda")
     # (AttributeError: module 'torch._C' has no attribute '_cuda_setDevice'): point it at the CPU.
-    torchtitan.distributed.parallel_dims.device_type = "cpu"  # type: ignore[attr-defined]
+    torchtitan.distributed.parallel_dims.device_type = "cpu"
     torch.manual_seed(SEED)
     eager_model = titan_model()
-    eager_model.init_weights(buffer_device=None)  # type: ignore[operator]
+    eager_model.init_weights(buffer_device=None)
     eager, rng = full_values(eager_model), torch.get_rng_state()
     results = {}
     # torchtitan's default backend, spmd_types, fails on gloo without dormant too (fully_shard:
@@ -124,7 +124,7 @@ def scenario_torchtitan() -> dict[str, Any]:
         torch.manual_seed(SEED)
         with LazyInitContext():
             model = titan_model()
-            model.init_weights(buffer_device=None)  # type: ignore[operator]
+            model.init_weights(buffer_device=None)
         model = parallelize_llama(
             model,
             parallel_dims=dims,
