@@ -6,8 +6,9 @@ that the model is built in ``LazyInitContext`` and ``dormant.materialize(model)`
 buffer) must equal an eager single-process build bit for bit, and the generator must stand where
 the eager build leaves it.
 
-The clients are the ``clients`` extra (``pip install -e ".[test,clients]"``, as ``tools/test.sh``
-does). A client that is not installed fails its test: CI must run them all.
+The clients are the ``clients`` extra plus torchtitan without its training dependencies
+(``pip install -e ".[test,clients]" && pip install --no-deps torchtitan==0.3.0``, as
+``tools/test.sh`` does). A client that is not installed fails its test: CI must run them all.
 
 Each ``scenario_*`` function runs on every rank (through ``distributed/run.py``) and returns what
 it found; the tests right after it launch it and check the findings.
@@ -44,7 +45,10 @@ def require(module: str) -> None:
     try:
         importlib.import_module(module)
     except ImportError as e:
-        pytest.fail(f"{module} is not installed ({e}): pip install -e '.[test,clients]'")
+        pytest.fail(
+            f"{module} is not installed ({e}). Install the clients as tools/test.sh does: "
+            "pip install -e '.[test,clients]' && pip install --no-deps torchtitan==0.3.0"
+        )
 
 
 def full_values(model: nn.Module) -> dict[str, torch.Tensor]:
