@@ -11,8 +11,10 @@ still measured by their own work. Ways:
 - ``materialize``: one process, lazy build, ``dormant.materialize(model)`` (the baseline);
 - ``fully_shard``: each rank: lazy build, ``fully_shard`` per decoder layer and the root (as
   torchtitan does), then ``dormant.materialize(model)``;
-- ``parallelize``: tensor parallelism over all ranks with torchtitan's block plan
-  (``parallelize_module``), then ``dormant.materialize(model)``;
+- ``parallelize``: tensor parallelism over all ranks with torchtitan's whole plan
+  (``parallelize_module``: the embeddings row-wise, every block's projections column- and
+  row-wise, the head column-wise; only the norms' weights stay whole), then
+  ``dormant.materialize(model)``;
 - ``boost``: ``Booster(TorchFSDPPlugin()).boost(model)`` on the lazy build (the CPU seconds of
   the whole boost call).
 
@@ -102,6 +104,7 @@ def shard(model: Any, way: str) -> None:
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import Replicate
     from torch.distributed.tensor.parallel import (
         ColwiseParallel,
         RowwiseParallel,
@@ -114,14 +117,21 @@ def shard(model: Any, way: str) -> None:
             fully_shard(layer, mesh=mesh)
         fully_shard(model, mesh=mesh)
         return
+    # torchtitan's plan (without sequence parallelism, which transformers' Llama cannot run: it
+    # computes positions from the local sequence length): every matrix sharded
     col, row = ColwiseParallel, RowwiseParallel
-    plan = {
+    whole = {
+        "model.embed_tokens": row(input_layouts=Replicate()),
+        "lm_head": col(output_layouts=Replicate()),
+    }
+    block = {
         "self_attn.q_proj": col(), "self_attn.k_proj": col(), "self_attn.v_proj": col(),
         "self_attn.o_proj": row(), "mlp.gate_proj": col(), "mlp.up_proj": col(),
         "mlp.down_proj": row(),
     }  # fmt: skip
+    parallelize_module(model, mesh, whole)
     for layer in model.model.layers:
-        parallelize_module(layer, mesh, plan)
+        parallelize_module(layer, mesh, block)
 
 
 def launch(way: str, model: str, ranks: int, out: str) -> None:

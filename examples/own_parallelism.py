@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import DTensor, Replicate
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -19,7 +19,12 @@ import dormant
 from dormant import LazyInitContext
 
 
-def parallelize(model, mesh):  # your own, torchtitan-style: TP per block, then FSDP2
+def parallelize(model, mesh):  # your own, torchtitan-style: TP, then FSDP2 per block
+    head = {  # the embeddings and the head sharded too, not whole on every rank
+        "model.embed_tokens": RowwiseParallel(input_layouts=Replicate()),
+        "lm_head": ColwiseParallel(output_layouts=Replicate()),
+    }
+    parallelize_module(model, mesh["tp"], head)
     plan = {
         "self_attn.q_proj": ColwiseParallel(),
         "self_attn.k_proj": ColwiseParallel(),

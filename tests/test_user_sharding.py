@@ -2,9 +2,11 @@
 
 The user builds the model in ``LazyInitContext``, shards it with their own code (FSDP2's
 ``fully_shard``, DTensor's ``parallelize_module``, a pipeline split), and calls
-``dormant.materialize(model)`` where they would call ``to_empty`` and ``init_weights``. torchtitan
-is not installed here: ``parallelize_llama`` below follows its recipe (``fully_shard`` per block,
-then the root; tensor parallelism with ``ColwiseParallel`` / ``RowwiseParallel`` plans).
+``dormant.materialize(model)`` where they would call ``to_empty`` and ``init_weights``.
+``parallelize_llama`` below follows torchtitan's recipe on transformers' Llama (``fully_shard``
+per block, then the root; tensor parallelism with ``ColwiseParallel`` / ``RowwiseParallel``
+plans); torchtitan's own code, Lightning and accelerate's ``Accelerator`` are in
+``test_clients.py``.
 
 Each ``scenario_*`` function runs on every rank (through ``distributed/run.py``) and returns what
 it found; the tests right after it launch it and check the findings.

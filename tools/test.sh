@@ -12,12 +12,14 @@ runs the tests. Times are for a 2-core machine with a warm pip cache; downloads 
 
   (no option)  everything CI runs: lint (ruff), type check (mypy), the core tests on torch
                2.13.0 (CPU build), then the model zoo (torchvision, timm, torchaudio, torchrec)
-               in a second environment on torch 2.14.1. About 14 min. Downloads about 0.3 GB
+               in a second environment on torch 2.14.1. About 15 min. Downloads about 0.6 GB
                for the core and 5.9 GB for the zoo (PyPI's torch 2.14.1 for Linux is a CUDA
                build, with 16 nvidia-* packages; see TORCH_INDEX_URL).
-  --core       lint, type check and the core tests only, no zoo environment. About 4-5 min
-               (install about 1 min, tests 3-4 min of which the examples take about 1).
-               Downloads about 0.3 GB (torch 2.13.0's CPU wheel is 190 MB), 1.4 GB installed.
+  --core       lint, type check and the core tests only, no zoo environment. About 5-6 min
+               (install about 1.5 min, tests 4-5 min of which the examples take about 1 and
+               the sharding libraries' tests about 1). Downloads about 0.6 GB (torch 2.13.0's
+               CPU wheel is 190 MB; triton, which torchtitan imports, 286 MB), 2.4 GB
+               installed.
   -h, --help   print this and exit.
 
 Environment:
@@ -51,7 +53,8 @@ ZOO_TESTS=(tests/zoo/test_torchvision.py tests/zoo/test_timm.py tests/zoo/test_t
 echo "== core environment (torch 2.13.0)"
 "$PY" -m venv .venv
 .venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q "${FIND[@]}" torch==2.13.0 -e ".[test,dev]"
+.venv/bin/pip install -q "${FIND[@]}" torch==2.13.0 -e ".[test,dev,clients]"
+.venv/bin/pip install -q --no-deps torchtitan==0.3.0  # its imports are in the clients extra
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
