@@ -36,8 +36,9 @@ from torch.utils._pytree import tree_unflatten
 
 from . import _mt19937, _rng
 from ._graph import Constant, DeferredCall, LazyStorage, Node, TensorRef
+from ._lanes import with_generator
 from ._plan import write_of
-from ._replay import run_for_draws, with_generator
+from ._replay import run_for_draws
 from ._session import real_execution
 
 aten = torch.ops.aten
