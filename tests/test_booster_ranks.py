@@ -443,7 +443,7 @@ def scenario_shard_memory() -> dict[str, Any]:
 
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from dormant.cli import _peak_rss as peak_rss  # VmHWM: not the parent's peak
+    from dormant.cli import peak_rss  # VmHWM: not the parent's peak
 
     config = LlamaConfig(
         hidden_size=768,

@@ -371,7 +371,7 @@ def scenario_memory_and_uneven() -> dict[str, Any]:
     allocator), then uneven shards of a wide Llama under FSDP2 and TP x FSDP2."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from dormant.cli import _peak_rss as peak_rss  # VmHWM: not the parent's peak
+    from dormant.cli import peak_rss  # VmHWM: not the parent's peak
 
     world = dist.get_world_size()
     mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("dp",))
