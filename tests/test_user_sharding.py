@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
+from booster_cases import wide_llama
 from helpers import run_ranks
-from test_booster_ranks import wide_llama
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
