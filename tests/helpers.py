@@ -26,14 +26,29 @@ def build_pair(
 ) -> tuple[nn.Module, nn.Module]:
     """``ctor()`` built eagerly and built lazily then materialized, both after ``manual_seed``;
     the global generator must stand where eager construction leaves it."""
+    eager, lazy = eager_and_lazy(ctor, seed=seed)
+    materialize(lazy, verbose=verbose)
+    return eager, lazy
+
+
+def eager_and_lazy(
+    ctor: Callable[[], nn.Module],
+    after: Callable[[nn.Module], object] = lambda m: None,
+    *,
+    seed: int = 0,
+) -> tuple[nn.Module, nn.Module]:
+    """``ctor()`` then ``after(model)``, eagerly and lazily from ``seed``; the generator must
+    stand where eager leaves it after both steps. Returns (eager, lazy), lazy not yet
+    materialized."""
     torch.manual_seed(seed)
     eager = ctor()
+    after(eager)
     eager_rng = torch.get_rng_state()
     torch.manual_seed(seed)
     with LazyInitContext():
         lazy = ctor()
+    after(lazy)
     assert torch.equal(torch.get_rng_state(), eager_rng), "generator not where eager leaves it"
-    materialize(lazy, verbose=verbose)
     return eager, lazy
 
 

@@ -327,7 +327,7 @@ def test_a_file_that_is_not_a_checkpoint_is_named_with_the_formats(
 PEAK_PROBE = textwrap.dedent(
     """
     import sys, psutil, torch
-    from dormant.cli import _peak_rss as peak_rss  # VmHWM: not the parent's peak
+    from dormant.cli import peak_rss  # VmHWM: not the parent's peak
     from torch import nn
     from dormant import LazyInitContext, load_checkpoint, materialize
     with LazyInitContext():

@@ -1,19 +1,19 @@
 """Habits users bring from eager PyTorch and other tools (issue 23): each ends as eager's
 behaviour or a clear error. Every case builds eagerly and lazily from one seed and compares
-every tensor and the generator state bit for bit."""
+every tensor and the generator state bit for bit. Habits in the model code itself (failing
+inits, compiled and scripted modules, other tensor kinds) are in ``test_habits_model_code.py``.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import re
 import types
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_same
+from helpers import assert_same, eager_and_lazy
 from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -21,31 +21,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from dormant import (
     DormantError,
     LazyInitContext,
-    LazyTensorError,
     MaterializationError,
     UnsupportedOpError,
     is_lazy,
     materialize,
 )
-from dormant._placement import fill_local, to_empty, to_meta
-
-
-def _pair(
-    ctor: Callable[[], nn.Module], after: Callable[[nn.Module], object] = lambda m: None
-) -> tuple[nn.Module, nn.Module]:
-    """``ctor()`` then ``after(model)``, eagerly and lazily from seed 0; the generator must stand
-    where eager leaves it after both steps. Returns (eager, lazy), lazy not yet materialized."""
-    torch.manual_seed(0)
-    eager = ctor()
-    after(eager)
-    eager_rng = torch.get_rng_state()
-    torch.manual_seed(0)
-    with LazyInitContext():
-        lazy = ctor()
-    after(lazy)
-    assert torch.equal(torch.get_rng_state(), eager_rng), "generator not where eager leaves it"
-    return eager, lazy
-
 
 # --- inits applied after the context --------------------------------------------------------------
 
@@ -64,7 +44,7 @@ _INITS_AFTER: dict[str, tuple[Callable[[], nn.Module], Callable[[nn.Module], obj
 @pytest.mark.parametrize("case", sorted(_INITS_AFTER))
 def test_inits_after_the_context_equal_eager(case: str) -> None:
     ctor, init = _INITS_AFTER[case]
-    eager, lazy = _pair(ctor, init)
+    eager, lazy = eager_and_lazy(ctor, init)
     materialize(lazy)
     assert_same(eager, lazy)
 
@@ -118,7 +98,7 @@ def test_every_init_after_the_context_equals_eager(init: str, shape: str) -> Non
         nn.init.normal_(m.w)
         return m
 
-    eager, lazy = _pair(ctor, lambda m: fn(m.w))
+    eager, lazy = eager_and_lazy(ctor, lambda m: fn(m.w))
     materialize(lazy)
     assert_same(eager, lazy)
 
@@ -159,7 +139,7 @@ _AFTER: dict[str, Callable[[nn.Module], object]] = {
     + [(m, a) for m in _WITH_MATRIX_WEIGHT for a in ("weight_norm", "spectral_norm")],
 )
 def test_module_inits_after_the_context_equal_eager(module: str, after: str) -> None:
-    eager, lazy = _pair(_MODULES[module], _AFTER[after])
+    eager, lazy = eager_and_lazy(_MODULES[module], _AFTER[after])
     materialize(lazy)
     assert_same(eager, lazy)
 
@@ -193,13 +173,13 @@ def test_gradient_hooks_on_lazy_parameters_are_kept() -> None:
 
     eager_calls: list[str] = []
     lazy_calls: list[str] = []
-    eager, _ = _pair(lambda: nn.Linear(4, 4), build_and_hook(eager_calls))
-    _, lazy = _pair(lambda: nn.Linear(4, 4), build_and_hook(lazy_calls))
+    eager, _ = eager_and_lazy(lambda: nn.Linear(4, 4), build_and_hook(eager_calls))
+    _, lazy = eager_and_lazy(lambda: nn.Linear(4, 4), build_and_hook(lazy_calls))
     materialize(lazy)
     for e, x in zip(_train_step(eager), _train_step(lazy)):
         assert e is not None and x is not None and torch.equal(e, x)
     assert lazy_calls == eager_calls == ["post"]
-    eager, lazy = _pair(Hooked)
+    eager, lazy = eager_and_lazy(Hooked)
     materialize(lazy)
     for e, x in zip(_train_step(eager), _train_step(lazy)):
         assert e is not None and x is not None and torch.equal(e, x)
@@ -212,7 +192,7 @@ def test_gradients_and_tensor_attributes_of_lazy_parameters_survive() -> None:
         m.weight.main_grad = torch.zeros_like(m.weight)  # Megatron's habit
         m.weight.scale = torch.ones(1)
 
-    eager, lazy = _pair(lambda: nn.Linear(4, 4), set_grads)
+    eager, lazy = eager_and_lazy(lambda: nn.Linear(4, 4), set_grads)
     grad = lazy.bias.grad
     assert is_lazy(lazy)
     materialize(lazy)
@@ -274,7 +254,7 @@ class _Nested(nn.Module):
 
 
 def test_tensors_in_nested_containers_are_materialized() -> None:
-    eager, lazy = _pair(_Nested)
+    eager, lazy = eager_and_lazy(_Nested)
     assert is_lazy(lazy)
     materialize(lazy)
     assert not is_lazy(lazy)
@@ -366,7 +346,7 @@ class _PassOps(TorchDispatchMode):
 
 @pytest.mark.parametrize("mode", sorted(_CALLER_MODES))
 def test_materialize_under_a_caller_mode_gives_eager_values(mode: str) -> None:
-    eager, lazy = _pair(_ComputedBuffers)
+    eager, lazy = eager_and_lazy(_ComputedBuffers)
     with _CALLER_MODES[mode]():
         materialize(lazy)
     assert_same(eager, lazy)
@@ -377,7 +357,7 @@ def test_materialize_under_a_caller_mode_gives_eager_values(mode: str) -> None:
 
 def test_a_model_built_under_another_default_dtype_keeps_it() -> None:
     with _default_dtype(torch.float64):
-        eager, lazy = _pair(_ComputedBuffers)
+        eager, lazy = eager_and_lazy(_ComputedBuffers)
     materialize(lazy)
     assert lazy.steps.dtype == torch.float64
     assert_same(eager, lazy)
@@ -411,7 +391,7 @@ def test_meta_device_around_the_context_is_a_clear_error() -> None:
 
 
 def test_to_empty_on_a_lazy_model_is_a_clear_error() -> None:
-    eager, lazy = _pair(lambda: nn.Sequential(nn.Sequential(nn.Linear(3, 3))))
+    eager, lazy = eager_and_lazy(lambda: nn.Sequential(nn.Sequential(nn.Linear(3, 3))))
     with pytest.raises(UnsupportedOpError, match=r"to_empty\(\).*dormant\.materialize") as info:
         lazy.to_empty(device="cpu")
     assert info.value.op == "torch.nn.Module.to_empty"
@@ -448,211 +428,10 @@ class _ReadsTheGenerator(nn.Module):
 
 def test_generator_state_reads_in_model_code_see_eager_state() -> None:
     reads = (torch.get_rng_state, torch.initial_seed, torch.random.get_rng_state)
-    eager, lazy = _pair(_ReadsTheGenerator)
+    eager, lazy = eager_and_lazy(_ReadsTheGenerator)
     materialize(lazy)
     assert_same(eager, lazy)
     assert (torch.get_rng_state, torch.initial_seed, torch.random.get_rng_state) == reads
-
-
-# --- whole-tensor inits under sharded placement ---------------------------------------------------
-
-
-class _Orthogonal(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.small = nn.Linear(16, 16)  # <= 65536 elements: once run on a flat window
-        nn.init.orthogonal_(self.small.weight)
-        self.conv = nn.Conv2d(4, 8, 3)
-        nn.init.orthogonal_(self.conv.weight)
-        self.trunc = nn.Linear(16, 16)
-        nn.init.trunc_normal_(self.trunc.weight, std=0.02, a=-0.04, b=0.04)
-
-
-def test_shard_fill_computes_shape_dependent_inits_whole() -> None:
-    eager, lazy = _pair(_Orthogonal)
-    sources = to_meta(lazy)
-    to_empty(lazy, "cpu")
-    whole = fill_local(lazy, sources)  # one rank holding everything: the whole-tensor fallback
-    assert_same(eager, lazy)
-    assert whole == []  # (small enough to be drawn whole in their own shape, then sliced)
-
-
-SEED = 1234  # every rank's seed in ``scenario_*`` (tests/distributed/run.py reads it)
-
-
-def scenario_orthogonal_fsdp() -> dict[str, object]:
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-    from dormant.booster import Booster
-    from dormant.booster.plugin import TorchFSDPPlugin
-
-    torch.manual_seed(SEED)
-    eager = _Orthogonal()
-    torch.manual_seed(SEED)
-    with LazyInitContext():
-        lazy = _Orthogonal()
-    model, *_ = Booster(plugin=TorchFSDPPlugin()).boost(lazy)
-    state = get_model_state_dict(model)
-    full = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v) for k, v in state.items()}
-    return {
-        "not_equal": sorted(k for k, v in eager.state_dict().items() if not torch.equal(v, full[k]))
-    }
-
-
-def test_orthogonal_under_a_sharded_plugin_equals_eager(tmp_path: Path) -> None:
-    from helpers import run_ranks
-
-    for result in run_ranks(scenario_orthogonal_fsdp, tmp_path):
-        assert result["not_equal"] == []
-
-
-# --- init code that fails in eager ------------------------------------------------------------
-
-_FAILS_AT_THE_OP: dict[str, Callable[[torch.Tensor], object]] = {
-    "uniform_(1, 0)": lambda t: t.uniform_(1, 0),
-    "bernoulli_(1.5)": lambda t: t.bernoulli_(1.5),
-    "random_(5, 2)": lambda t: t.random_(5, 2),
-    "random_(0)": lambda t: t.random_(0),
-    "normal_(0, -1)": lambda t: t.normal_(0, -1),
-}
-
-
-def _eager_error(make: Callable[[], object]) -> Exception:
-    try:
-        make()
-    except Exception as e:
-        return e
-    raise AssertionError("eager accepted it")
-
-
-@pytest.mark.parametrize("case", sorted(_FAILS_AT_THE_OP))
-def test_bad_init_arguments_fail_at_the_op_as_in_eager(case: str) -> None:
-    init = _FAILS_AT_THE_OP[case]
-    eager = _eager_error(lambda: init(torch.empty(5)))
-    torch.manual_seed(0)
-    before = torch.get_rng_state()
-    with pytest.raises(type(eager), match=re.escape(str(eager))), LazyInitContext():
-        init(torch.empty(5))
-    assert torch.equal(torch.get_rng_state(), before)
-    with LazyInitContext():
-        t = torch.empty(5)
-    with pytest.raises(type(eager), match=re.escape(str(eager))):
-        init(t)  # outside the context too (an init after building)
-
-
-_FAILS_ON_VALUES: dict[str, Callable[[], torch.Tensor]] = {
-    "index out of range": lambda: torch.zeros(5)[torch.tensor([10])],
-    "index_fill_ out of range": lambda: torch.zeros(5).index_fill_(0, torch.tensor([9]), 1.0),
-    "gather out of range": lambda: torch.zeros(5).gather(0, torch.tensor([7])),
-    "embedding out of range": lambda: nn.functional.embedding(torch.tensor([9]), torch.ones(3, 2)),
-    "integer division by zero": lambda: torch.arange(5) // 0,
-}
-
-
-@pytest.mark.parametrize("case", sorted(_FAILS_ON_VALUES))
-def test_init_failing_on_values_names_the_tensor_and_the_model_line(case: str) -> None:
-    make = _FAILS_ON_VALUES[case]
-    _eager_error(make)
-
-    class Model(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.register_buffer("table", make())
-
-    with LazyInitContext():
-        model = Model()
-    line = f"{__file__}:{make.__code__.co_firstlineno}"
-    with pytest.raises(
-        MaterializationError, match=rf"'table'.*recorded at {re.escape(line)}"
-    ) as info:
-        materialize(model)
-    assert info.value.name == "table"
-    assert is_lazy(model)  # nothing was installed
-
-
-# --- torch.compile before materialize ----------------------------------------------------------
-
-
-def test_compile_before_materialize_then_materialize_works() -> None:
-    def ctor() -> nn.Module:
-        return nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
-
-    eager, lazy = _pair(ctor)
-    compiled = torch.compile(lazy, backend="eager")
-    with pytest.raises(LazyTensorError, match="materialize"):
-        compiled(torch.ones(1, 4))  # its frames, in the traceback, hold the lazy weights
-    materialize(lazy)
-    assert_same(eager, lazy)
-    assert torch.equal(compiled(torch.ones(1, 4)), eager(torch.ones(1, 4)))
-
-
-# --- TorchScript submodules ----------------------------------------------------------------------
-
-
-class _Scripted(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a = nn.Linear(3, 3)
-        self.b = torch.jit.script(nn.Sequential(nn.Linear(3, 3), nn.LayerNorm(3)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.b(self.a(x))
-
-
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_a_torch_jit_script_submodule_materializes() -> None:
-    eager, lazy = _pair(_Scripted)
-    materialize(lazy)
-    assert not is_lazy(lazy)
-    assert_same(eager, lazy)
-    assert torch.equal(lazy(torch.ones(2, 3)), eager(torch.ones(2, 3)))
-
-
-# --- tensor kinds --------------------------------------------------------------------------------
-
-_OTHER_KINDS: dict[str, Callable[[], torch.Tensor]] = {
-    "quantized": lambda: torch.quantize_per_tensor(torch.rand(4), 0.1, 0, torch.quint8),
-    "quantized empty": lambda: torch._empty_affine_quantized(
-        [4], scale=0.1, zero_point=0, dtype=torch.quint8
-    ),
-    "sparse coo": lambda: torch.sparse_coo_tensor(torch.tensor([[0, 1]]), torch.ones(2), (3,)),
-    "to_sparse": lambda: torch.eye(3).to_sparse(),
-    "sparse csr": lambda: torch.eye(3).to_sparse_csr(),
-    "nested": lambda: torch.nested.nested_tensor([torch.ones(2), torch.ones(3)]),
-}
-
-
-@pytest.mark.parametrize("case", sorted(_OTHER_KINDS))
-def test_sparse_quantized_and_nested_tensors_are_refused_at_the_op(case: str) -> None:
-    make = _OTHER_KINDS[case]
-    line = f"{__file__}:{make.__code__.co_firstlineno}"
-    refused = rf"at {re.escape(line)} makes a .*materialize"
-    with pytest.raises(UnsupportedOpError, match=refused), LazyInitContext():
-        make()
-    with LazyInitContext():  # usable again
-        assert is_lazy(torch.ones(1))
-
-
-class _WithLazyLinear(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.first = nn.Linear(4, 5)
-        self.second = nn.LazyLinear(3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.second(self.first(x))
-
-
-def test_lazy_linear_infers_its_shape_at_the_first_forward_as_in_eager() -> None:
-    eager, lazy = _pair(_WithLazyLinear)
-    materialize(lazy)
-    assert_same(eager, lazy)  # (the uninitialized parameters hold nothing to compare)
-    outputs = []
-    for model in (eager, lazy):
-        torch.manual_seed(1)
-        outputs.append(model(torch.ones(2, 4)))
-    assert torch.equal(outputs[0], outputs[1])
-    assert_same(eager, lazy)
 
 
 # --- subclasses of nn.Parameter ----------------------------------------------------------------
@@ -682,7 +461,7 @@ class _SubclassedParams(nn.Module):
 
 
 def test_parameter_subclasses_keep_their_class_and_init() -> None:
-    eager, lazy = _pair(_SubclassedParams)
+    eager, lazy = eager_and_lazy(_SubclassedParams)
     assert isinstance(lazy.tagged, _TaggedParam) and lazy.tagged.tag == "expert"  # while lazy
     materialize(lazy)
     assert_same(eager, lazy)

@@ -179,7 +179,7 @@ def test_no_growth_across_build_materialize_cycles() -> None:
 PEAK_PROBE = textwrap.dedent(
     """
     import sys, torch, psutil
-    from dormant.cli import _peak_rss as peak_rss  # VmHWM: not the parent's peak
+    from dormant.cli import peak_rss  # VmHWM: not the parent's peak
     from torch import nn
     from dormant import LazyInitContext, materialize
     torch.set_num_threads(1)

@@ -28,9 +28,10 @@ SEED = 2026
 
 
 def llama() -> nn.Module:
-    """A tiny Llama whose larger tensors (embedding, MLP) exceed the size replay draws whole
-    (``_slices._SMALL``), so ranks place the generator for their own rows; MLP rows of 1090
-    elements start off the 16-element blocks of ``normal_``; tied embeddings."""
+    """A tiny Llama whose larger tensors (embedding, MLP) exceed 2**16 elements, the most that
+    sharded placement draws whole and slices, so ranks place the generator for their own rows
+    (see [Note: windows]); MLP rows of 1090 elements start off the 16-element blocks of
+    ``normal_``; tied embeddings."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(

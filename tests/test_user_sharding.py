@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
+from booster_cases import wide_llama
 from helpers import run_ranks
-from test_booster_ranks import wide_llama
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
@@ -373,7 +373,7 @@ def scenario_memory_and_uneven() -> dict[str, Any]:
     allocator), then uneven shards of a wide Llama under FSDP2 and TP x FSDP2."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from dormant.cli import _peak_rss as peak_rss  # VmHWM: not the parent's peak
+    from dormant.cli import peak_rss  # VmHWM: not the parent's peak
 
     world = dist.get_world_size()
     mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("dp",))

@@ -36,8 +36,9 @@ from torch.utils._pytree import tree_unflatten
 
 from . import _mt19937, _rng
 from ._graph import Constant, DeferredCall, LazyStorage, Node, TensorRef
+from ._lanes import with_generator
 from ._plan import write_of
-from ._replay import run_for_draws, with_generator
+from ._replay import run_for_draws
 from ._session import real_execution
 
 aten = torch.ops.aten
@@ -103,9 +104,12 @@ class Window:
     """Computes windows of lazy storages (one instance per pass: it keeps generators placed)."""
 
     def __init__(self) -> None:
-        self.generator = torch.Generator()
-        self.at: _rng.Position | None = None  # where ``generator`` stands, when known
-        self.drawn = 0  # random elements drawn (a measure of the work done)
+        self.draws = _Draws()
+
+    @property
+    def drawn(self) -> int:
+        """Random elements drawn (a measure of the work done)."""
+        return self.draws.drawn
 
     def values(
         self,
@@ -168,7 +172,7 @@ class Window:
         if _is_source(node):
             self._read_source(node, out, a, b)
         elif node.rng is not None:
-            self._random(node, written, out, a, b, n)
+            self.draws.window(node, written, out, a, b, n, self._arguments)
         elif op in _CONSTANT_FACTORIES and written is None:
             args, _ = tree_unflatten(node.flat_args, node.spec)
             value = _CONSTANT_FACTORIES[op](list(args))
@@ -292,9 +296,35 @@ class Window:
         if b > end:
             out[max(a, end) - a :].fill_(rest[0] if rest and rest[0] is not None else 0)
 
-    def _random(
-        self, node: Node, written: TensorRef | None, out: torch.Tensor, a: int, b: int, n: int
+
+# ``Window._arguments``: a node's call arguments over a window of its output.
+Arguments = Callable[
+    [Node, TensorRef | None, torch.Tensor, int, int, int], tuple[list[Any], dict[str, Any]]
+]
+
+
+class _Draws:
+    """The random ops of a pass's windows: a window of a random op is one placement of a private
+    generator and the window's own draws (see [Note: windows]). The generator is kept between
+    windows, so a window that starts where the last one ended draws straight on."""
+
+    def __init__(self) -> None:
+        self.generator = torch.Generator()
+        self.at: _rng.Position | None = None  # where ``generator`` stands, when known
+        self.drawn = 0  # random elements drawn (a measure of the work done)
+
+    def window(
+        self,
+        node: Node,
+        written: TensorRef | None,
+        out: torch.Tensor,
+        a: int,
+        b: int,
+        n: int,
+        arguments: Arguments,
     ) -> None:
+        """Write elements ``[a, b)`` of random ``node``'s output (``n`` elements) into ``out``;
+        ``arguments`` gives the op's arguments over a window (its other inputs' windows)."""
         step: _rng.RngStep = node.rng
         if step.start is None:
             assert step.stream is not None
@@ -309,7 +339,7 @@ class Window:
         if shaped and not (n <= _SMALL and in_shape):
             # orthogonal_'s QR needs the tensor's shape: never run on a flat window
             raise Unsliceable(f"{node.label} needs the whole tensor")
-        fill, like = self._random_fill(node, written)
+        fill, like = _fill(node, written, arguments)
         rule = random_rule(like, out.dtype)
         if n <= _SMALL:  # cheaper whole than placed twice
             whole = torch.empty(n, dtype=out.dtype)
@@ -326,27 +356,6 @@ class Window:
                 rule, lambda t, e: self._draw(fill, t, start.after(k * e), k), out, a, b, n
             )
 
-    def _random_fill(
-        self, node: Node, written: TensorRef | None
-    ) -> tuple[Callable[[torch.Tensor, torch.Generator], object], Any]:
-        """``fill(t, generator)``: ``node``'s random op run in place on ``t``; and the in-place
-        op whose rule it follows."""
-        op = node.op
-        if op in _FACTORIES:  # randn(size) is normal_ on a new tensor, rand(size) uniform_
-            like = _FACTORIES[op]
-            return (lambda t, g: like(t, generator=g)), like
-        reads_other = any(isinstance(x, TensorRef) and x is not written for x in node.flat_args)
-        overload = with_generator(op)  # the op, or its overload that takes a generator
-        if written is None or reads_other or overload is None:
-            raise Unsliceable(f"{node.label}: no window rule for this random op")
-
-        def fill(t: torch.Tensor, g: torch.Generator) -> object:
-            args, kwargs = self._arguments(node, written, t, 0, t.numel(), t.numel())
-            kwargs["generator"] = g
-            return overload(*args, **kwargs)
-
-        return fill, op
-
     def _draw(
         self,
         fill: Callable[[torch.Tensor, torch.Generator], object],
@@ -360,6 +369,28 @@ class Window:
         # (rule draws are whole blocks, so their count is known; a whole small op's may not be)
         self.at = at.after(draws_per_element * out.numel()) if draws_per_element else None
         self.drawn += out.numel()
+
+
+def _fill(
+    node: Node, written: TensorRef | None, arguments: Arguments
+) -> tuple[Callable[[torch.Tensor, torch.Generator], object], Any]:
+    """``fill(t, generator)``: ``node``'s random op run in place on ``t``; and the in-place
+    op whose rule it follows."""
+    op = node.op
+    if op in _FACTORIES:  # randn(size) is normal_ on a new tensor, rand(size) uniform_
+        like = _FACTORIES[op]
+        return (lambda t, g: like(t, generator=g)), like
+    reads_other = any(isinstance(x, TensorRef) and x is not written for x in node.flat_args)
+    overload = with_generator(op)  # the op, or its overload that takes a generator
+    if written is None or reads_other or overload is None:
+        raise Unsliceable(f"{node.label}: no window rule for this random op")
+
+    def fill(t: torch.Tensor, g: torch.Generator) -> object:
+        args, kwargs = arguments(node, written, t, 0, t.numel(), t.numel())
+        kwargs["generator"] = g
+        return overload(*args, **kwargs)
+
+    return fill, op
 
 
 def random_window(

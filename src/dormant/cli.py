@@ -50,9 +50,16 @@ SIZES: dict[str, dict[str, Any]] = {
 OVERHEAD_REPEATS = 5
 
 
-def _peak_rss() -> int:
+def peak_rss() -> int:
     """This process's peak RSS in bytes: ``VmHWM`` where Linux has it (``ru_maxrss`` would also
-    count the parent's peak, which Linux keeps across exec), else ``ru_maxrss``."""
+    count the parent's peak, which Linux keeps across exec), else ``ru_maxrss``.
+
+    The peak ``dormant verify`` reports; measure a build's memory as the growth of it::
+
+        >>> from dormant.cli import peak_rss
+        >>> before = peak_rss()
+        >>> grown = peak_rss() - before  # (build and materialize in between)
+    """
     return _proc_status("VmHWM:") or _ru_maxrss()
 
 
@@ -131,7 +138,7 @@ def _build(mode: str, size: str, seed: int) -> dict[str, Any]:
         built = time.perf_counter()
         threads = materialize(model, report=True).threads
     done = time.perf_counter()
-    grown = _peak_rss() - before
+    grown = peak_rss() - before
     rng = hashlib.sha256(torch.get_rng_state().numpy().tobytes()).hexdigest()
     digests = {
         name: hashlib.sha256(t.detach().contiguous().view(torch.uint8).numpy()).hexdigest()

@@ -6,7 +6,15 @@ Every error says what was found and what to do next. Errors about one tensor car
 
 from __future__ import annotations
 
-__all__ = ["DormantError", "LazyTensorError", "MaterializationError", "UnsupportedOpError"]
+from collections.abc import Sequence
+
+__all__ = [
+    "CheckpointError",
+    "DormantError",
+    "LazyTensorError",
+    "MaterializationError",
+    "UnsupportedOpError",
+]
 
 
 class DormantError(RuntimeError):
@@ -49,3 +57,31 @@ class MaterializationError(DormantError):
         super().__init__(message)
         self.name = name
         self.done = done
+
+
+class CheckpointError(DormantError):
+    """The checkpoint does not fit the model, cannot be read, or changed since it was loaded.
+
+    Raised by :func:`load_checkpoint` before anything is loaded, or while materializing when a
+    file changed after :func:`load_checkpoint` (then nothing is read from it and the model stays
+    lazy). ``missing`` and ``unexpected`` list keys; ``mismatched`` lists
+    ``(key, in model, in file)`` descriptions of shape or dtype differences; ``path`` and ``key``
+    name the file and the tensor when the error is about one of them.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        missing: Sequence[str] = (),
+        unexpected: Sequence[str] = (),
+        mismatched: Sequence[tuple[str, str, str]] = (),
+        *,
+        path: str | None = None,
+        key: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.missing = list(missing)
+        self.unexpected = list(unexpected)
+        self.mismatched = list(mismatched)
+        self.path = path
+        self.key = key
