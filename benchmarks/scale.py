@@ -100,8 +100,14 @@ def _watch_dormant(phases: Phases) -> None:
     for name in (*names, "fill_local", "materialize"):
         phases.wrap(sharding, name)
     # Generator placement, within fill_local: long gaps jump, short ones draw.
-    phases.wrap(_mt19937, "_block_ahead", "  of which: jumps")
-    phases.wrap(_mt19937, "_x_pow_mod", "  of which: jump polynomials")
+    # (Private names in source trees from before they were made public, for --versions.)
+    jump, poly = (
+        ("block_ahead", "x_pow_mod")
+        if hasattr(_mt19937, "x_pow_mod")
+        else ("_block_ahead", "_x_pow_mod")
+    )
+    phases.wrap(_mt19937, jump, "  of which: jumps")
+    phases.wrap(_mt19937, poly, "  of which: jump polynomials")
     phases.wrap(_rng.Position, "place", "  fill_local: generator placement")
 
 

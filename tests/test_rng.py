@@ -50,14 +50,41 @@ def test_advance_composes_for_huge_counts() -> None:
         _mt19937.advance(state, -1)
 
 
+@pytest.mark.parametrize("j", [624, 625, 20_000, 391_001, 1_000_003, 5 * 624 * 1111 + 17])
+def test_block_ahead_equals_the_drawn_block(j: int) -> None:
+    # The words j .. j+623 as numpy's C generator draws them, untempered.
+    words, _ = _mt19937.read_state(torch.Generator().manual_seed(11).get_state())
+    bitgen = _mt19937.numpy_generator(words, _mt19937.N)
+    bitgen.random_raw(j - _mt19937.N, output=False)
+    drawn = _mt19937.untemper(bitgen.random_raw(_mt19937.N).astype(np.uint32))
+    assert np.array_equal(_mt19937.block_ahead(words, j), drawn)
+
+
+def test_jumps_in_threads_at_once_equal_drawing() -> None:
+    # Replay threads jump at the same time: each has its own scratch and numpy generator.
+    before, after = _drawn(5, 3_000_017)
+    results: list[bool] = []
+
+    def jump() -> None:
+        results.extend(torch.equal(_mt19937.advance(before, 3_000_017), after) for _ in range(5))
+        results.append(torch.equal(_mt19937.advance(before, 1000), _drawn(5, 1000)[1]))
+
+    threads = [threading.Thread(target=jump) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [True] * 18
+
+
 def test_temper_is_the_generators_output_transform() -> None:
     # The grouped jump XORs tempered words: tempering is mt19937's, untempering its inverse.
-    words, _ = _mt19937._read(torch.Generator().manual_seed(3).get_state())
-    bitgen = _mt19937._numpy_generator(words, _mt19937.N)
+    words, _ = _mt19937.read_state(torch.Generator().manual_seed(3).get_state())
+    bitgen = _mt19937.numpy_generator(words, _mt19937.N)
     outputs = bitgen.random_raw(_mt19937.N).astype(np.uint32)  # regenerates once: the next block
     following = np.asarray(bitgen.state["state"]["key"], np.uint32)
-    assert np.array_equal(_mt19937._temper(following), outputs)
-    assert np.array_equal(_mt19937._untemper(outputs), following)
+    assert np.array_equal(_mt19937.temper(following), outputs)
+    assert np.array_equal(_mt19937.untemper(outputs), following)
 
 
 def test_advance_keeps_the_cached_normal() -> None:
@@ -163,7 +190,7 @@ def test_rules_are_checked_on_real_tensors_even_under_a_meta_device() -> None:
 
 
 def test_a_rule_that_does_not_hold_is_not_used() -> None:
-    wrong = _draws._Rule(lambda n, dtype, bound: n + 1, _draws.UNIFORM.probe, {})
+    wrong = _draws.Rule(lambda n, dtype, bound: n + 1, _draws.UNIFORM.probe, {})
     assert not _draws.holds(wrong, torch.float32)
 
 

@@ -127,7 +127,7 @@ _Count = Callable[[int, torch.dtype, dict[str, Any]], int]
 
 
 @dataclass(frozen=True, eq=False)
-class _Rule:
+class Rule:
     """The draws of one kernel, and how to check them: ``probe(tensor, generator)`` runs it."""
 
     draws: _Count
@@ -136,23 +136,23 @@ class _Rule:
     block_path: bool = False  # holds only for contiguous targets of 16+ elements
 
 
-UNIFORM = _Rule(_uniform, lambda t, g: t.uniform_(generator=g), {})
-NORMAL = _Rule(_normal, lambda t, g: t.normal_(generator=g), {}, block_path=True)
-RANDOM = _Rule(_random, lambda t, g: t.random_(generator=g), {})
-RANDOM_RANGE = _Rule(_random_range, lambda t, g: t.random_(0, 100, generator=g), {"to": 100})
+UNIFORM = Rule(_uniform, lambda t, g: t.uniform_(generator=g), {})
+NORMAL = Rule(_normal, lambda t, g: t.normal_(generator=g), {}, block_path=True)
+RANDOM = Rule(_random, lambda t, g: t.random_(generator=g), {})
+RANDOM_RANGE = Rule(_random_range, lambda t, g: t.random_(0, 100, generator=g), {"to": 100})
 # Checks the range rule where it matters: two draws per element from 2^28 on, and the bounds a
 # floating dtype narrows (float32 and bfloat16 narrow [0, 2^28) below 2^28: one draw).
-RANDOM_WIDE_RANGE = _Rule(
+RANDOM_WIDE_RANGE = Rule(
     _random_range, lambda t, g: t.random_(0, 2**28, generator=g), {"to": 2**28}
 )
-RANDPERM = _Rule(_randperm, lambda t, g: torch.randperm(t.numel(), generator=g), {})
-BERNOULLI = _Rule(_two_per_element, lambda t, g: t.bernoulli_(0.5, generator=g), {})
-BERNOULLI_P = _Rule(
+RANDPERM = Rule(_randperm, lambda t, g: torch.randperm(t.numel(), generator=g), {})
+BERNOULLI = Rule(_two_per_element, lambda t, g: t.bernoulli_(0.5, generator=g), {})
+BERNOULLI_P = Rule(
     _bernoulli_tensor, lambda t, g: t.bernoulli_(torch.full_like(t, 0.5), generator=g), {}
 )
-EXPONENTIAL = _Rule(_two_per_element, lambda t, g: t.exponential_(generator=g), {})
+EXPONENTIAL = Rule(_two_per_element, lambda t, g: t.exponential_(generator=g), {})
 
-_RULES: dict[Any, _Rule] = {
+_RULES: dict[Any, Rule] = {
     aten.uniform_.default: UNIFORM,
     aten.rand.default: UNIFORM,
     aten.rand.generator: UNIFORM,
@@ -244,7 +244,7 @@ def _narrow_range(bound: dict[str, Any]) -> bool:
 
 
 @functools.cache
-def holds(rule: _Rule, dtype: torch.dtype) -> bool:
+def holds(rule: Rule, dtype: torch.dtype) -> bool:
     """Whether ``rule`` gives the draws the installed torch takes, at a few sizes."""
     gen = torch.Generator()
     # Often first asked while model code records (under torch.device("meta") even): run real ops.

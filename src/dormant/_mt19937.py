@@ -7,7 +7,7 @@ in that block. Every bit lane of the sequence obeys one linear recurrence over G
 characteristic polynomial P has degree 19937 (135 terms, :data:`CHARPOLY`). Hence for any J,
 with q = x^J mod P, x_{J+j} = XOR over {i : q_i = 1} of x_{i+j}: the block J words ahead is a
 XOR of shifted windows of the first 19937 + 624 words, whatever J is. q is found in log2(J)
-steps (:func:`_x_pow_mod`); the whole jump takes about 1-4 ms for any J up to 2^64. Short
+steps (:func:`x_pow_mod`); the whole jump takes about a millisecond for any J up to 2^64. Short
 jumps simply draw (numpy's C MT19937, a few ns per word).
 
 The generator state that ``torch.Generator.get_state()`` returns (5056 bytes, see
@@ -16,6 +16,7 @@ The generator state that ``torch.Generator.get_state()`` returns (5056 bytes, se
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import itertools
 import threading
@@ -57,7 +58,7 @@ class _Layout:
     WORDS = 24  # 624 x uint64, each holding one 32-bit word
 
 
-def _read(state: torch.Tensor) -> tuple[np.ndarray, int]:
+def read_state(state: torch.Tensor) -> tuple[np.ndarray, int]:
     """(block, pos): pos in 1..624 is the index of the next word; 624 means regenerate first."""
     raw = state.numpy()
     if raw.size != _Layout.SIZE:
@@ -68,7 +69,7 @@ def _read(state: torch.Tensor) -> tuple[np.ndarray, int]:
     return words, (N if left == 1 else nxt)
 
 
-def _write(state: torch.Tensor, words: np.ndarray, pos: int) -> torch.Tensor:
+def write_state(state: torch.Tensor, words: np.ndarray, pos: int) -> torch.Tensor:
     raw = state.numpy().copy()
     raw[_Layout.LEFT : _Layout.LEFT + 4] = np.array([N + 1 - pos], np.int32).view(np.uint8)
     raw[_Layout.NEXT : _Layout.NEXT + 8] = np.array([pos], np.uint64).view(np.uint8)
@@ -76,19 +77,56 @@ def _write(state: torch.Tensor, words: np.ndarray, pos: int) -> torch.Tensor:
     return torch.from_numpy(raw)
 
 
-_BITGENS = threading.local()  # one numpy generator per thread, reused (making one costs more)
+class _Scratch(threading.local):
+    """Per-thread buffers of a jump, made once and reused (see [Note: grouped jump]): a fresh
+    allocation of this size is a fresh mapping per call, whose page faults cost more than the
+    work, and the pages would add to the peak of whatever the thread does next."""
+
+    def __init__(self) -> None:
+        self.bitgen = np.random.MT19937(0)  # making one costs more than setting its state
+        self.key = _c_state(self.bitgen)
+        self.table = np.zeros((1 << _GROUP, _WIDTH), np.uint32)  # row 0 stays zero
+        self.windows = sliding_window_view(self.table.reshape(-1), N)
+        self.tempered = np.empty(_WIDTH + _GROUP, np.uint32)  # x_{1+G*g0} on, one chunk's worth
 
 
-def _numpy_generator(words: np.ndarray, pos: int) -> np.random.MT19937:
-    # numpy's MT19937 keeps the same (block, pos) pair and regenerates at pos == 624, as torch.
-    bitgen = getattr(_BITGENS, "mt19937", None)
-    if bitgen is None:
-        bitgen = _BITGENS.mt19937 = np.random.MT19937(0)
-    bitgen.state = {"bit_generator": "MT19937", "state": {"key": words, "pos": pos}}
+def _c_state(bitgen: np.random.MT19937) -> np.ndarray | None:
+    """numpy's C state of ``bitgen`` (624 key words, then the position) as a writable array, or
+    None where its layout is not that one: reading and writing it skips the ``state`` property,
+    whose dict costs more than a short draw."""
+    address = bitgen.ctypes.state_address
+    view = np.ctypeslib.as_array((ctypes.c_uint32 * (N + 1)).from_address(address))
+    probe = np.arange(1, N + 1, dtype=np.uint32)
+    bitgen.state = {"bit_generator": "MT19937", "state": {"key": probe, "pos": 7}}
+    if not (np.array_equal(view[:N], probe) and int(view[N]) == 7):
+        return None
+    return view
+
+
+_SCRATCH: _Scratch  # made below, once the jump's sizes are known
+
+
+def numpy_generator(words: np.ndarray, pos: int) -> np.random.MT19937:
+    """This thread's numpy generator, set to (block, pos): numpy's MT19937 keeps the same pair as
+    torch and regenerates at pos == 624, as torch does."""
+    bitgen, key = _SCRATCH.bitgen, _SCRATCH.key
+    if key is None:
+        bitgen.state = {"bit_generator": "MT19937", "state": {"key": words, "pos": pos}}
+    else:
+        key[:N] = words
+        key[N] = pos
     return bitgen
 
 
-def _untemper(y: np.ndarray) -> np.ndarray:
+def _numpy_state(bitgen: np.random.MT19937) -> tuple[np.ndarray, int]:
+    key = _SCRATCH.key
+    if key is None:
+        inner = bitgen.state["state"]
+        return np.asarray(inner["key"], np.uint32), int(inner["pos"])
+    return key[:N].copy(), int(key[N])
+
+
+def untemper(y: np.ndarray) -> np.ndarray:
     """The untempered words behind mt19937 outputs ``y`` (tempering is invertible)."""
     y = y ^ (y >> np.uint32(18))
     y = y ^ ((y << np.uint32(15)) & np.uint32(0xEFC60000))
@@ -166,7 +204,7 @@ def _correlate_plan() -> _Plan:
 
 
 @functools.lru_cache(maxsize=64)
-def _x_pow_mod(j: int) -> int:
+def x_pow_mod(j: int) -> int:
     """x^j mod P as an int (bit i: coefficient of x^i).
 
     The k-th term of a sequence with characteristic polynomial P is ``[x^k] A(x) / B(x)``, where
@@ -187,59 +225,77 @@ def _x_pow_mod(j: int) -> int:
 # [Note: grouped jump]
 # The block J words ahead is the XOR of the windows x_{1+i} .. x_{624+i} over the ~10,000 i where
 # q = x^(J-1) mod P has a 1: about 25 MB to XOR, which is what a jump costs. Instead, q's
-# coefficients are taken _GROUP at a time, and one table holds, for every combination c of
-# _GROUP consecutive windows and every start, their XOR (T[c][n] = XOR over r in c of
-# x_{1+n+r}): a group at i = _GROUP * g with bits c is the window T[c][i .. i+623], so a jump XORs
-# one window per non-zero group (DEGREE / _GROUP of them) plus the table's 2^_GROUP rows: about
-# half the bytes, ~1.7x faster. Tempering is linear over GF(2), so the XOR runs on the tempered
-# words numpy's C generator hands out and only the 624 results are untempered.
+# coefficients are taken _GROUP at a time, and a table holds, for every combination c of _GROUP
+# consecutive windows and every start n, their XOR (T[c][n] = XOR over r in c of x_{1+n+r}): a
+# group at i = _GROUP * g with bits c is the window T[c][i .. i+623], so a jump XORs one window
+# per non-zero group (DEGREE / _GROUP of them) plus the table's 2^_GROUP rows: about half the
+# bytes. Tempering is linear over GF(2), so the XOR runs on the tempered words numpy's C
+# generator hands out and only the 624 results are untempered.
+# The groups are taken _CHUNK at a time, each chunk with a table over only the starts it reads
+# (one window's worth of columns is built twice, at chunk ends), and its windows are gathered
+# _GATHER at a time: table and gathered windows stay in the core's own cache, and the scratch,
+# made once per thread, is a third of a table over every start; the XOR stays the same.
 _GROUP = 4
 _GROUPS = -(-DEGREE // _GROUP)
-_SPAN = (_GROUPS - 1) * _GROUP + N  # starts of table windows, plus one window
+_CHUNK = 1024  # groups per table
+_WIDTH = _GROUP * (_CHUNK - 1) + N  # table columns: the starts of a chunk, plus one window
+_GATHER = 128  # windows gathered at once (320 KB)
+_SCRATCH = _Scratch()
 
 
 @functools.lru_cache(maxsize=64)
-def _jump_groups(j: int) -> np.ndarray:
-    """Where the table windows of x^j mod P start in the flattened table, one per non-zero
-    group of _GROUP coefficients (see [Note: grouped jump])."""
-    q = _x_pow_mod(j)
+def _jump_plan(j: int) -> tuple[tuple[int, tuple[np.ndarray, ...]], ...]:
+    """For x^j mod P, per chunk of groups (its first group, then its windows _GATHER at a time):
+    where each window starts in the flattened table, one per non-zero group of _GROUP
+    coefficients (see [Note: grouped jump]). Depends on the distance only."""
+    q = x_pow_mod(j)
     raw = np.frombuffer(q.to_bytes(-(-_GROUPS * _GROUP // 8), "little"), np.uint8)
     bits = np.unpackbits(raw, bitorder="little")[: _GROUPS * _GROUP].reshape(_GROUPS, _GROUP)
     combos = (bits.astype(np.intp) << np.arange(_GROUP)).sum(axis=1)
-    groups = np.flatnonzero(combos)
-    return combos[groups] * _SPAN + groups * _GROUP
+    plan = []
+    for first in range(0, _GROUPS, _CHUNK):
+        chunk = combos[first : first + _CHUNK]
+        groups = np.flatnonzero(chunk)
+        starts = (chunk[groups] * _WIDTH + groups * _GROUP).astype(np.int32)  # kept: 20 KB
+        plan.append((first, tuple(np.array_split(starts, max(1, -(-len(starts) // _GATHER))))))
+    return tuple(plan)
 
 
-def _temper(x: np.ndarray) -> np.ndarray:
-    """mt19937's output transform of untempered words ``x`` (inverse of :func:`_untemper`)."""
+def temper(x: np.ndarray) -> np.ndarray:
+    """mt19937's output transform of untempered words ``x`` (inverse of :func:`untemper`)."""
     y = x ^ (x >> np.uint32(11))
     y = y ^ ((y << np.uint32(7)) & np.uint32(0x9D2C5680))
     y = y ^ ((y << np.uint32(15)) & np.uint32(0xEFC60000))
     return y ^ (y >> np.uint32(18))
 
 
-def _block_ahead(words: np.ndarray, j: int) -> np.ndarray:
+def block_ahead(words: np.ndarray, j: int) -> np.ndarray:
     """The block x_j .. x_{j+623} (j >= 1) of the sequence whose first block is ``words``.
 
     Only 31 bits of x_0 are not part of the generator's state (the twist reads just its top
     bit), so the recurrence holds from x_1 on: shift everything by one word.
     """
-    starts = _jump_groups(j - 1)
-    count = -(-(_SPAN + _GROUP) // N)  # blocks of the sequence the table reads (x_1 on)
-    tempered = np.empty(N * count, np.uint32)
-    tempered[:N] = _temper(words)
-    tempered[N:] = _numpy_generator(words, N).random_raw(N * (count - 1))
-    table = np.empty((1 << _GROUP, _SPAN), np.uint32)
-    table[0] = 0
-    for r in range(_GROUP):  # rows [2^r, 2^(r+1)): the rows below, XOR the window at r
-        np.bitwise_xor(table[: 1 << r], tempered[1 + r : 1 + r + _SPAN], out=table[1 << r : 2 << r])
-    windows = sliding_window_view(table.reshape(-1), N)
+    plan = _jump_plan(j - 1)
+    scratch = _SCRATCH
+    table, windows, tempered = scratch.table, scratch.windows, scratch.tempered
+    step = _GROUP * _CHUNK  # words between the first starts of two chunks
+    # tempered holds x_{1+step*k} .. for chunk k: the first one from words and the next block,
+    # each later one keeps the overlap (one window and the group's shifts) and draws the rest.
+    bitgen = numpy_generator(words, N)
+    tempered[: N - 1] = temper(words[1:])
+    tempered[N - 1 :] = bitgen.random_raw(len(tempered) - N + 1)
     out = np.zeros(N, np.uint32)
-    # 256 windows at a time: a 640 KB temporary that stays in cache; a larger one is a fresh
-    # mmap per chunk, whose page faults cost more than the work.
-    for start in range(0, len(starts), 256):
-        out ^= np.bitwise_xor.reduce(windows[starts[start : start + 256]], axis=0)
-    return _untemper(out)
+    xor, reduce = np.bitwise_xor, np.bitwise_xor.reduce
+    for first, gathers in plan:
+        if first:
+            keep = len(tempered) - step
+            tempered[:keep] = tempered[step:]
+            tempered[keep:] = bitgen.random_raw(step)
+        for r in range(_GROUP):  # rows [2^r, 2^(r+1)): the rows below, XOR the window at r
+            xor(table[: 1 << r], tempered[r : r + _WIDTH], out=table[1 << r : 2 << r])
+        for starts in gathers:
+            xor(out, reduce(windows[starts], axis=0), out=out)
+    return untemper(out)
 
 
 def advance(state: torch.Tensor, draws: int) -> torch.Tensor:
@@ -253,17 +309,16 @@ def advance(state: torch.Tensor, draws: int) -> torch.Tensor:
     """
     if draws < 0:
         raise ValueError(f"cannot move a generator back ({draws} draws)")
-    words, pos = _read(state)
+    words, pos = read_state(state)
     if draws == 0:
         return state.clone()
     if draws < DRAW_BELOW:
-        bitgen = _numpy_generator(words, pos)
+        bitgen = numpy_generator(words, pos)
         bitgen.random_raw(draws, output=False)  # moves without writing the words anywhere
-        inner = bitgen.state["state"]
-        new_words, new_pos = np.asarray(inner["key"], np.uint32), int(inner["pos"])
+        new_words, new_pos = _numpy_state(bitgen)
         if new_pos == 0:  # numpy may stop right after regenerating: the same point as torch's 624
             raise AssertionError("unexpected numpy MT19937 position 0")
-        return _write(state, new_words, new_pos)
+        return write_state(state, new_words, new_pos)
     target = pos + draws  # sequence index of the next word to hand out
     block = (target - 1) // N  # the block that holds the last word drawn
-    return _write(state, _block_ahead(words, N * block), target - N * block)
+    return write_state(state, block_ahead(words, N * block), target - N * block)

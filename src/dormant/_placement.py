@@ -16,7 +16,7 @@ import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 from torch import nn
@@ -106,8 +106,15 @@ def _carried(name: str, t: torch.Tensor) -> list[Slot]:
 
 def _attribute_tensors(name: str, value: object, seen: set[int]) -> Iterator[Slot]:
     """Tensors held in an attribute, however deep in containers (lists, tuples, dicts, sets,
-    dataclasses, namespaces); ``seen`` guards against cycles."""
-    if isinstance(value, torch.Tensor):
+    dataclasses, namespaces); ``seen`` guards against cycles.
+
+    By type, as in :func:`module_tensors`: ``isinstance`` that fails asks the object for its
+    ``__class__``, and a transformers config (held by most of a model's modules) answers every
+    attribute through two Python ``__getattribute__``.
+    """
+    kind = type(value)
+    if issubclass(kind, torch.Tensor):
+        assert isinstance(value, torch.Tensor)
         yield Slot(name, SlotKind.ATTRIBUTE, value)
         yield from _carried(name, value)
         return
@@ -115,17 +122,21 @@ def _attribute_tensors(name: str, value: object, seen: set[int]) -> Iterator[Slo
         return
     seen.add(id(value))
     items: Iterable[tuple[str, object]]
-    if isinstance(value, dict):
-        items = ((f"[{key!r}]", item) for key, item in value.items())
-    elif isinstance(value, (list, tuple)):
-        items = ((f"[{i}]", item) for i, item in enumerate(value))
-    elif isinstance(value, (set, frozenset)):
-        items = ((f"{{{i}}}", item) for i, item in enumerate(value))
-    elif isinstance(value, SimpleNamespace):
+    if issubclass(kind, dict):
+        items = ((f"[{key!r}]", item) for key, item in cast(dict, value).items())
+    elif issubclass(kind, (list, tuple, set, frozenset)):
+        brackets = "[{}]" if issubclass(kind, (list, tuple)) else "{{{}}}"
+        items = ((brackets.format(i), item) for i, item in enumerate(cast(Iterable, value)))
+    elif issubclass(kind, SimpleNamespace):
         items = ((f".{key}", item) for key, item in vars(value).items())
-    elif dataclasses.is_dataclass(value):
-        # (``fields()``, not ``vars()``: a slotted dataclass has no ``__dict__``)
-        items = ((f".{f.name}", getattr(value, f.name, None)) for f in dataclasses.fields(value))
+    elif dataclasses.is_dataclass(kind):
+        # From the instance's own dict where it has one; by ``fields()``, since a slotted
+        # dataclass has no ``__dict__`` and a field may be a class default.
+        own = getattr(value, "__dict__", {})
+        items = (
+            (f".{f.name}", own[f.name] if f.name in own else getattr(value, f.name, None))
+            for f in dataclasses.fields(kind)
+        )
     else:
         return
     for suffix, item in items:
