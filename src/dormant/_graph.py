@@ -200,20 +200,8 @@ class Node:
         return f"Node(#{self.seq} {self.label})"
 
 
-def source(
-    op: Callable[[], torch.Tensor], meta: torch.Tensor, device: torch.device, label: str
-) -> LazyStorage:
-    """A storage whose only write is ``op()``, a node without inputs: a constant, or a read from
-    a checkpoint file. Returns the storage; wrap ``meta`` over it for a lazy tensor."""
-    storage = LazyStorage(meta.untyped_storage().nbytes(), device)
-    node = Node(op, [], NO_ARGS, label)
-    ref = TensorRef(storage, meta, 1, weak=True)
-    storage.add_write(node, ref=ref, output_index=0, keeps_base=False)
-    return storage
-
-
 META = torch.device("meta")  # made once: a device argument parsed from a string costs each call
-NO_ARGS = tree_flatten(((), {}))[1]  # the call layout of a node without inputs (see ``source``)
+NO_ARGS = tree_flatten(((), {}))[1]  # the call layout of a node without inputs (``_emit.source``)
 
 
 def meta_like(value: torch.Tensor) -> torch.Tensor:
@@ -272,7 +260,7 @@ class Constant:
 
 
 class DeferredCall:
-    """The op of a node that replays a whole library function (see ``_record.DEFERRED``)."""
+    """The op of a node that replays a whole library function (see ``_deferred``)."""
 
     __slots__ = ("fn", "name", "tensor_arg")
 

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._graph import meta_like, source
+from ._emit import source
+from ._graph import meta_like
 from ._lazy_tensor import LazyTensor
 from .errors import DormantError
 
