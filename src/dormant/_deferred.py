@@ -21,7 +21,7 @@ from torch.utils._pytree import tree_flatten
 
 from . import _draws
 from ._emit import covers_storage, emit, held
-from ._graph import DeferredCall, TensorRef
+from ._graph import DeferredCall, NodeKind, TensorRef
 from ._lazy_tensor import LazyTensor
 from ._spmd import replace_collective
 
@@ -75,6 +75,7 @@ def _record_deferred(
         DeferredCall(fn, name, tensor_arg),
         [ref if x is t else held(x) for x in flat],
         spec,
+        kind=NodeKind.LIBRARY,
         label=f"{name}({tuple(t.shape)})",
         written=((s, ref, not covers_storage(t._meta, s)),),
         draw=draw,

@@ -25,6 +25,8 @@ from ._graph import (
     EarlyRecord,
     LazyStorage,
     Node,
+    NodeKind,
+    SourceRead,
     TensorRef,
     meta_like,
 )
@@ -44,6 +46,7 @@ def emit(
     flat_args: list[Any],
     spec: TreeSpec,
     *,
+    kind: NodeKind = NodeKind.OP,
     label: str | None = None,
     reads: list[TensorRef] | None = None,
     written: Iterable[tuple[LazyStorage, TensorRef, bool]] = (),
@@ -56,7 +59,7 @@ def emit(
     tensors as :class:`TensorRef`), reading ``reads``; writing each ``(storage, ref,
     keeps_base)`` of ``written`` in place and each ``(storage, ref, output index)`` of
     ``outputs`` new; placed on its random stream when it has a ``draw``."""
-    node = Node(op, flat_args, spec, label)
+    node = Node(op, flat_args, spec, label, kind)
     if default_dtype is not None:
         node.default_dtype = default_dtype
     if where is not None:
@@ -86,12 +89,13 @@ def new_output(
 
 
 def source(
-    op: Callable[[], torch.Tensor], meta: torch.Tensor, device: torch.device, label: str
+    op: Constant | SourceRead, meta: torch.Tensor, device: torch.device, label: str
 ) -> LazyStorage:
     """A storage whose only write is ``op()``, a node without inputs: a constant, or a read from
     a checkpoint file. Returns the storage; wrap ``meta`` over it for a lazy tensor."""
     storage, ref = new_output(meta, device)
-    emit(op, [], NO_ARGS, label=label, outputs=((storage, ref, 0),))
+    kind = NodeKind.CONSTANT if isinstance(op, Constant) else NodeKind.READ
+    emit(op, [], NO_ARGS, kind=kind, label=label, outputs=((storage, ref, 0),))
     return storage
 
 

@@ -24,7 +24,7 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from . import _rng
-from ._graph import NO_ARGS, Constant, LazyStorage, Node, TensorRef, view_of
+from ._graph import Constant, LazyStorage, Node, RandomStep, TensorRef, view_of
 from ._plan import COPY, Plan, plan
 from ._session import default_dtype, real_execution
 from .errors import DormantError, MaterializationError
@@ -108,7 +108,7 @@ class _Generators:
         self.private: dict[torch.device, torch.Generator] = {}
         self.at: dict[torch.device, _rng.Position] = {}  # where each stands, when known
 
-    def _place(self, step: _rng.RngStep) -> torch.Generator:
+    def _place(self, step: RandomStep) -> torch.Generator:
         start = step.start
         assert start is not None, "positions are resolved before replay runs"
         gen = self.private.get(step.device)
@@ -400,7 +400,7 @@ class _Execution:
         if real and self._move_instead_of_copy(node):
             out = None
         else:
-            if node.spec is NO_ARGS:  # a constant or a checkpoint read: most nodes of a load
+            if node.is_source:  # a constant or a checkpoint read: most nodes of a load
                 call_args, call_kwargs = (), {}
             else:
                 args = [self._value(node, x, real, lane) for x in node.flat_args]
@@ -508,7 +508,7 @@ class _Execution:
             if (
                 value.stride() != meta.stride()
                 or value.storage_offset() != meta.storage_offset()
-                or (isinstance(node.op, Constant) and later_writes)
+                or (node.constant is not None and later_writes)
             ):
                 buf = _allocate(s)
                 view_of(buf, meta).copy_(value)
@@ -612,7 +612,7 @@ def _chains(nodes: list[tuple[Node, bool]]) -> list[list[int]]:
 def _cost(node: Node) -> int:
     """A node's work, roughly: the bytes it writes, plus the Python around any op."""
     written = _NODE_BYTES
-    if isinstance(node.op, Constant):
+    if node.constant is not None:
         return written  # real bytes handed over as they are (a checkpoint's mapped pages)
     for w in node.writes:
         if w.ref is not None:
@@ -695,7 +695,7 @@ def constant_value(s: LazyStorage) -> torch.UntypedStorage | None:
     since (a checkpoint tensor over its file's mapped pages, ``torch.tensor(data)``): those
     bytes themselves, checked unchanged, without planning a pass. None for any other storage.
     """
-    if s.version == 1 and isinstance(op := s.writers[0].op, Constant):
+    if s.version == 1 and (op := s.writers[0].constant) is not None:
         return op().untyped_storage()
     return None
 
