@@ -21,7 +21,7 @@ from torch.utils._pytree import tree_flatten
 
 from . import _draws
 from ._emit import covers_storage, emit, held
-from ._graph import DeferredCall, NodeKind, TensorRef
+from ._graph import DeferredCall, Node, NodeKind, TensorRef
 from ._lazy_tensor import LazyTensor
 from ._spmd import replace_collective
 
@@ -71,12 +71,7 @@ def _record_deferred(
     if random:
         draws = _draws.count_library_call(name, t._meta, call_kwargs, t.device)
         draw = (call_kwargs.get("generator"), t.device, draws)
-    emit(
-        DeferredCall(fn, name, tensor_arg),
-        [ref if x is t else held(x) for x in flat],
-        spec,
-        kind=NodeKind.LIBRARY,
-        label=f"{name}({tuple(t.shape)})",
-        written=((s, ref, not covers_storage(t._meta, s)),),
-        draw=draw,
-    )
+    flat_args = [ref if x is t else held(x) for x in flat]
+    label = f"{name}({tuple(t.shape)})"
+    node = Node(DeferredCall(fn, name, tensor_arg), flat_args, spec, label, NodeKind.LIBRARY)
+    emit(node, ((s, ref, None, not covers_storage(t._meta, s)),), draw)

@@ -1,9 +1,10 @@
 """Node emission: the one place a recorded op joins the op graph.
 
 Every recording path (the general path, the fast paths, deferred library calls, constants and
-checkpoint reads) ends in :func:`emit`: it makes the :class:`~dormant._graph.Node`, adds each
-write it makes (a new version of each storage written, through ``LazyStorage.add_write``) and,
-for a random op, its place on its generator's stream (see [Note: RNG positions] in ``_rng``).
+checkpoint reads) makes its :class:`~dormant._graph.Node` and hands it to :func:`emit`, which
+adds each write it makes (a new version of each storage written, through
+``LazyStorage.add_write``) and, for a random op, its place on its generator's stream (see
+[Note: RNG positions] in ``_rng``).
 Also here: what every path needs to build a node's arguments (real tensors held as constants,
 the model line that recorded them).
 """
@@ -12,11 +13,10 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torch.utils._pytree import TreeSpec
 
 from . import _rng
 from ._graph import (
@@ -40,36 +40,18 @@ from ._shortcuts import is_dense
 # on, and its count of 32-bit draws (None: not known without running it).
 Draw = tuple[torch.Generator | None, torch.device, int | None]
 
+# One storage a node writes: ``(storage, ref, output_index, keeps_base)``, written in place
+# through the argument ``ref`` (``output_index`` None) or made new as output ``output_index``.
+NodeWrite = tuple[LazyStorage, TensorRef, int | None, bool]
 
-def emit(
-    op: Callable[..., Any],
-    flat_args: list[Any],
-    spec: TreeSpec,
-    *,
-    kind: NodeKind = NodeKind.OP,
-    label: str | None = None,
-    reads: list[TensorRef] | None = None,
-    written: Iterable[tuple[LazyStorage, TensorRef, bool]] = (),
-    outputs: Iterable[tuple[LazyStorage, TensorRef, int]] = (),
-    draw: Draw | None = None,
-    default_dtype: torch.dtype | None = None,
-    where: str | None = None,
-) -> Node:
-    """Add one recorded op to the graph: ``op(*args, **kwargs)`` over ``flat_args`` (lazy
-    tensors as :class:`TensorRef`), reading ``reads``; writing each ``(storage, ref,
-    keeps_base)`` of ``written`` in place and each ``(storage, ref, output index)`` of
-    ``outputs`` new; placed on its random stream when it has a ``draw``."""
-    node = Node(op, flat_args, spec, label, kind)
-    if default_dtype is not None:
-        node.default_dtype = default_dtype
-    if where is not None:
-        node.where = where
-    if reads:
-        node.reads = reads
-    for storage, ref, keeps_base in written:
-        storage.add_write(node, ref=ref, keeps_base=keeps_base)
-    for storage, ref, index in outputs:
-        storage.add_write(node, ref=ref, output_index=index, keeps_base=False)
+
+def emit(node: Node, writes: Iterable[NodeWrite], draw: Draw | None = None) -> Node:
+    """Add ``node`` (made with its arguments, reads and settings, and nothing else) to the
+    graph: a new version of each storage it ``writes``, then, when it has a ``draw``, its place
+    on its random stream (after the writes: outside the context, placing the op may run it for
+    its draws). Returns the node."""
+    for storage, ref, index, keeps_base in writes:
+        storage.add_write(node, ref=ref, output_index=index, keeps_base=keeps_base)
     if draw is not None:
         generator, device, draws = draw
         fast = session.rng is RngMode.FAST
@@ -95,7 +77,7 @@ def source(
     a checkpoint file. Returns the storage; wrap ``meta`` over it for a lazy tensor."""
     storage, ref = new_output(meta, device)
     kind = NodeKind.CONSTANT if isinstance(op, Constant) else NodeKind.READ
-    emit(op, [], NO_ARGS, kind=kind, label=label, outputs=((storage, ref, 0),))
+    emit(Node(op, [], NO_ARGS, label, kind), ((storage, ref, 0, False),))
     return storage
 
 

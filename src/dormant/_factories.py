@@ -42,13 +42,10 @@ class FactoryCall:
         self.flat = flat  # of (args, kwargs), as recorded
         self.spec = layout.spec
 
-    def meta(self) -> torch.Tensor:
-        """The call's meta result, made again."""
-        return torch.empty_strided(self.size, self.stride, dtype=self.dtype, device=META)
 
-
-_FACTORY_CALLS: dict[tuple[Any, ...], FactoryCall] = {}
-_FACTORY_CALLS_SIZE = 4096
+# What is remembered of each kind of call, by ``factory_key``.
+FACTORY_CALLS: dict[tuple[Any, ...], FactoryCall] = {}
+FACTORY_CALLS_SIZE = 4096
 _KEY_TYPES = frozenset(
     {int, float, bool, complex, str, type(None), torch.dtype, torch.device, torch.layout}
     | {torch.memory_format}
@@ -72,10 +69,6 @@ def factory_key(
     return tuple(key)
 
 
-def remembered(key: tuple[Any, ...] | None) -> FactoryCall | None:
-    return _FACTORY_CALLS.get(key) if key is not None else None
-
-
 def factory_call(
     op: OpFacts,
     args: tuple[Any, ...],
@@ -94,9 +87,9 @@ def factory_call(
     pinned = pinned_defaults(op, kwargs, meta.dtype, device)
     call = FactoryCall(meta, pinned, *flatten(args, pinned))
     if key is not None and _rebuilds_exactly(meta, call.nbytes):
-        if len(_FACTORY_CALLS) >= _FACTORY_CALLS_SIZE:
-            _FACTORY_CALLS.clear()  # shapes of earlier models: start again
-        _FACTORY_CALLS[key] = call
+        if len(FACTORY_CALLS) >= FACTORY_CALLS_SIZE:
+            FACTORY_CALLS.clear()  # shapes of earlier models: start again
+        FACTORY_CALLS[key] = call
     return call, meta
 
 

@@ -19,11 +19,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from . import _draws
-from ._emit import covers_storage, emit, new_output
-from ._factories import factory_call, factory_key, real_empty_wanted, remembered
+from ._emit import covers_storage, emit
+from ._factories import FACTORY_CALLS, factory_call, factory_key, real_empty_wanted
 from ._flat import leaves_layout
-from ._graph import TensorRef
+from ._graph import META, LazyStorage, Node, TensorRef
 from ._lazy_tensor import LazyTensor, new_lazy
 from ._ops import PLAIN, OpFacts, OpKind, bind, output_device
 from ._session import normalize_device
@@ -91,14 +93,10 @@ def record_fill(
         assert bound is not None
         device = x.device
         draw = (bound.get("generator"), device, _draws.count(op.func, meta_out, bound, device))
-    emit(
-        op.func,
-        [ref, *args[1:], *kwargs.values()],
-        layout.spec,
-        reads=None if blind else [ref],
-        written=((s, ref, not (blind and covers_storage(x._meta, s))),),
-        draw=draw,
-    )
+    node = Node(op.func, [ref, *args[1:], *kwargs.values()], layout.spec)
+    if not blind:
+        node.reads = [ref]
+    emit(node, ((s, ref, None, not (blind and covers_storage(x._meta, s))),), draw)
     return x
 
 
@@ -115,9 +113,9 @@ def record_factory(
     else:
         device = output_device(bind(op, args, kwargs), [])
     key = factory_key(op, args, kwargs, device)
-    call = remembered(key)
+    call = FACTORY_CALLS.get(key) if key is not None else None
     if call is not None:
-        meta_out = call.meta()
+        meta_out = torch.empty_strided(call.size, call.stride, dtype=call.dtype, device=META)
     else:
         made = factory_call(op, args, kwargs, device, key)
         if made is None:
@@ -125,12 +123,13 @@ def record_factory(
         call, meta_out = made
     if device.type == "meta":
         return meta_out
-    storage, ref = new_output(meta_out, device, call.nbytes)
+    storage = LazyStorage(call.nbytes, device)
+    ref = TensorRef(storage, meta_out, 1, weak=True)
     draw = None
     if op.is_random:
         bound = bind(op, args, call.kwargs)
         draw = (bound.get("generator"), device, _draws.count(op.func, meta_out, bound, device))
-    emit(op.func, list(call.flat), call.spec, outputs=((storage, ref, 0),), draw=draw)
+    emit(Node(op.func, list(call.flat), call.spec), ((storage, ref, 0, False),), draw)
     return new_lazy(meta_out, storage)
 
 

@@ -24,11 +24,20 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from . import _draws, _lazy_tensor
 from ._deferred import defer_library_init
-from ._emit import as_lazy, covers_storage, emit, held, keep_forced, new_output, user_frame
+from ._emit import (
+    NodeWrite,
+    as_lazy,
+    covers_storage,
+    emit,
+    held,
+    keep_forced,
+    new_output,
+    user_frame,
+)
 from ._factories import for_meta_kernel, pinned_defaults
 from ._fast import FAST_PATHS, SLOW
 from ._flat import ArgLayout, unflatten
-from ._graph import TensorRef, meta_like
+from ._graph import Node, TensorRef, meta_like
 from ._lazy_tensor import LazyTensor, describe, new_lazy
 from ._ops import Call, OpFacts, OpKind
 from ._placement import install
@@ -279,11 +288,11 @@ def _add_node(call: Call, meta_out: Any, device: torch.device, forced_out: Any) 
     op = call.op
     written = _written(call)
     flat_args, reads = _node_args(call, written)
-    in_place = []
+    writes: list[NodeWrite] = []
     for i, (t, blind) in written.items():
         s = t._lazy_storage
-        in_place.append((s, flat_args[i], not (blind and covers_storage(t._meta, s))))
-    wrapped, outputs, out_flat = _outputs(call, meta_out, device, forced_out)
+        writes.append((s, flat_args[i], None, not (blind and covers_storage(t._meta, s))))
+    wrapped, out_flat = _outputs(call, meta_out, device, forced_out, writes)
     draw = None
     if op.is_random:
         target = next(m for m in out_flat if isinstance(m, torch.Tensor))
@@ -292,20 +301,16 @@ def _add_node(call: Call, meta_out: Any, device: torch.device, forced_out: Any) 
             device,
             _draws.count(op.func, target, call.bound, device),
         )
-    default_dtype = torch.get_default_dtype()
-    emit(
-        op.func,
-        flat_args,
-        call.layout.spec,
-        reads=reads,
-        written=in_place,
-        outputs=outputs,
-        draw=draw,
+    node = Node(op.func, flat_args, call.layout.spec)
+    if reads:
+        node.reads = reads
+    if (default_dtype := torch.get_default_dtype()) is not torch.float32:
         # Type promotion (``int_tensor / 3``) reads it; replay runs each op under the one it was
         # recorded under, not the caller's. Ops of the fast paths never promote.
-        default_dtype=default_dtype if default_dtype is not torch.float32 else None,
-        where=user_frame() if op.fails_on_values else None,
-    )
+        node.default_dtype = default_dtype
+    if op.fails_on_values:
+        node.where = user_frame()
+    emit(node, writes, draw)
     if forced_out is not None:
         # The op already ran for real on early values: their caches now include this write.
         for t, _ in written.values():
@@ -352,10 +357,10 @@ def _node_args(
 
 
 def _outputs(
-    call: Call, meta_out: Any, device: torch.device, forced_out: Any
-) -> tuple[Any, list[tuple[Any, TensorRef, int]], list[Any]]:
+    call: Call, meta_out: Any, device: torch.device, forced_out: Any, writes: list[NodeWrite]
+) -> tuple[Any, list[Any]]:
     """The call's lazy outputs: aliases of mutated arguments are the argument itself; fresh ones
-    get storages (listed for the node to write). Also the flat meta outputs."""
+    get storages (appended to ``writes``). Also the flat meta outputs."""
     op = call.op
     if isinstance(meta_out, torch.Tensor):
         out_flat, out_spec, out_returns = [meta_out], None, [0]
@@ -364,7 +369,6 @@ def _outputs(
         out_returns = _return_per_leaf(meta_out, op.returns)
     forced_flat = tree_flatten(forced_out)[0] if forced_out is not None else None
     wrapped: list[Any] = []
-    outputs: list[tuple[Any, TensorRef, int]] = []
     for index, (m, r) in enumerate(zip(out_flat, out_returns)):
         if not isinstance(m, torch.Tensor):
             wrapped.append(m)
@@ -379,12 +383,12 @@ def _outputs(
                 wrapped.append(source if alias.is_write else new_lazy(m, source._lazy_storage))
                 continue
         storage, ref = new_output(m, device)
-        outputs.append((storage, ref, index))
+        writes.append((storage, ref, index, False))
         if forced_flat is not None:
             keep_forced(storage, forced_flat[index], str(op.func))
         wrapped.append(new_lazy(m, storage))
     out = wrapped[0] if out_spec is None else tree_unflatten(wrapped, out_spec)
-    return out, outputs, out_flat
+    return out, out_flat
 
 
 def _flat_arg_names(op: OpFacts, flat: list[Any], layout: ArgLayout) -> list[str]:
