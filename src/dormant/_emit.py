@@ -33,7 +33,6 @@ from ._graph import (
 from ._lazy_tensor import LazyTensor, new_lazy
 from ._mapped import mapped_file
 from ._replay import run_for_draws
-from ._session import RngMode, session
 from ._shortcuts import is_dense
 
 # A random op's draw: the generator it names (None: the device's default), the device it draws
@@ -54,19 +53,13 @@ def emit(node: Node, writes: Iterable[NodeWrite], draw: Draw | None = None) -> N
         storage.add_write(node, ref=ref, output_index=index, keeps_base=keeps_base)
     if draw is not None:
         generator, device, draws = draw
-        fast = session.rng is RngMode.FAST
-        node.rng = _rng.record_step(node, generator, device, draws, fast=fast, run=run_for_draws)
+        node.rng = _rng.record_step(node, generator, device, draws, run=run_for_draws)
     return node
 
 
-def new_output(
-    meta: torch.Tensor, device: torch.device, nbytes: int | None = None
-) -> tuple[LazyStorage, TensorRef]:
-    """A new storage for an op's output of geometry ``meta`` (``nbytes`` when known), and the
-    output's reference."""
-    if nbytes is None:
-        nbytes = meta.untyped_storage().nbytes()
-    storage = LazyStorage(nbytes, device)
+def new_output(meta: torch.Tensor, device: torch.device) -> tuple[LazyStorage, TensorRef]:
+    """A new storage for an op's output of geometry ``meta``, and the output's reference."""
+    storage = LazyStorage(meta.untyped_storage().nbytes(), device)
     return storage, TensorRef(storage, meta, 1, weak=True)
 
 
