@@ -1,7 +1,8 @@
 """The op graph: lazy storages, recorded ops and the references between them.
 
 See [Note: the op graph] below; this module holds data only. Recording fills it
-(``_record.py``), replay reads it (``_replay.py``).
+(``_record.py`` and the modules of its paths, through ``_emit.emit``), replay reads it
+(``_replay.py``).
 
 [Note: the op graph]
 Eager PyTorch mutates storages; views, ``.data`` and tied weights are several tensors over one
