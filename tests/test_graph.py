@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import gc
 import weakref
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from dormant import LazyInitContext
+from dormant import LazyInitContext, load_checkpoint
+from dormant._graph import NodeKind
 
 
 def test_every_write_makes_the_next_version() -> None:
@@ -65,3 +67,45 @@ def test_nothing_points_forward_so_dead_tensors_free_their_graph() -> None:
     gc.collect()
     assert node() is None, "the node only the dropped tensor needed is still alive"
     assert keep._lazy_storage.version == 1
+
+
+def test_each_node_says_what_its_op_is(tmp_path: Path) -> None:
+    # Replay and sharded placement ask the node what its op is, never the op's class.
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.arange(12.0).reshape(3, 4)}, str(tmp_path / "m.safetensors"))
+    with LazyInitContext():
+        read = nn.Linear(4, 3, bias=False)
+        given = torch.tensor([1.0, 2.0])
+        drawn = torch.randn(64)  # (16 or more: a known count of draws)
+        whole = torch.empty(4, 4)
+        nn.init.orthogonal_(whole)
+    load_checkpoint(read, tmp_path / "m.safetensors")
+    copied = read.weight._lazy_storage.writers[-1]  # weight.copy_(what the file holds)
+    source = copied.reads[0].storage
+    assert source is not None
+    nodes = {
+        name: storage.writers[-1]
+        for name, storage in [
+            ("read", source),
+            ("given", given._lazy_storage),
+            ("drawn", drawn._lazy_storage),
+            ("init", whole._lazy_storage),
+        ]
+    }
+    kinds = {name: node.kind for name, node in nodes.items()}
+    assert kinds == {
+        "read": NodeKind.READ,
+        "given": NodeKind.CONSTANT,
+        "drawn": NodeKind.OP,
+        "init": NodeKind.LIBRARY,
+    }
+    assert [name for name, node in nodes.items() if node.is_source] == ["read", "given"]
+    assert nodes["given"].constant is not None and nodes["read"].constant is None
+    assert nodes["read"].window is not None and nodes["given"].window is None
+    window = nodes["read"].window
+    assert window is not None and torch.equal(window(5, 8), torch.arange(5.0, 8.0))
+    library = nodes["init"].library
+    assert library is not None and library.name == "torch.nn.init.orthogonal_"
+    assert [name for name, node in nodes.items() if node.rng is not None] == ["drawn", "init"]
+    assert nodes["drawn"].random_step.draws is not None

@@ -23,6 +23,9 @@ from dormant import (
     is_lazy,
     materialize,
 )
+from dormant._fast import FAST_PATHS
+from dormant._ops import OpFacts, bind
+from dormant._record import fresh_facts, general_path_only
 
 
 def test_every_factory_spelling_is_lazy() -> None:
@@ -284,9 +287,7 @@ _INPLACE_SHORTCUTS = [
 def test_meta_shortcuts_of_inplace_fills_agree_with_the_meta_kernels(
     func: torch._ops.OpOverload, params: list[tuple[object, object]]
 ) -> None:
-    from dormant import _record
-
-    op = _record._op(func)
+    op = OpFacts(func)
     assert op.meta_shortcut is not None
     bases = [torch.empty(s, dtype=d, device="meta") for s in _SHAPES for d in _DTYPES]
     views = [torch.empty(4, 3, device="meta").t(), torch.empty(4, 6, device="meta")[:, ::2]]
@@ -294,7 +295,7 @@ def test_meta_shortcuts_of_inplace_fills_agree_with_the_meta_kernels(
         for args in params:
             meta_args = (self, *args)
             before = _geometry(self)
-            got = op.meta_shortcut(_record._bind(op, meta_args, {}), meta_args, {})
+            got = op.meta_shortcut(bind(op, meta_args, {}), meta_args, {})
             if got is None:
                 continue  # the kernel runs, and raises what it raises
             out = func(*meta_args)  # the shortcut must not hide an error
@@ -303,15 +304,13 @@ def test_meta_shortcuts_of_inplace_fills_agree_with_the_meta_kernels(
 
 @pytest.mark.parametrize("default", [torch.float32, torch.float64])
 def test_meta_shortcut_of_randn_agrees_with_the_meta_kernel(default: torch.dtype) -> None:
-    from dormant import _record
-
     meta = torch.device("meta")
     dtypes = [None, *_DTYPES, torch.complex64]
     saved = torch.get_default_dtype()
     torch.set_default_dtype(default)
     try:
         for func in (torch.ops.aten.randn.default, torch.ops.aten.randn.generator):
-            op = _record._op(func)
+            op = OpFacts(func)
             assert op.meta_shortcut is not None
             for shape in _SHAPES:
                 for dtype in dtypes:
@@ -319,7 +318,7 @@ def test_meta_shortcut_of_randn_agrees_with_the_meta_kernel(default: torch.dtype
                     if func is torch.ops.aten.randn.generator:
                         kwargs["generator"] = None
                     args = (list(shape),)
-                    got = op.meta_shortcut(_record._bind(op, args, kwargs), args, kwargs)
+                    got = op.meta_shortcut(bind(op, args, kwargs), args, kwargs)
                     if got is None:
                         continue
                     assert _geometry(got) == _geometry(func(*args, **kwargs)), (shape, dtype)
@@ -427,20 +426,16 @@ def _describe_graph(module: nn.Module) -> list[object]:
 
 @pytest.mark.parametrize("model", [_EveryFastKind, _RandomShapes, WritesThroughViews, Factories])
 def test_fast_paths_record_what_the_general_path_records(
-    model: type[nn.Module], monkeypatch: pytest.MonkeyPatch
+    model: type[nn.Module],
 ) -> None:
-    from dormant import _record
-
     def build(fast: bool) -> tuple[nn.Module, list[object], torch.Tensor]:
-        with monkeypatch.context() as m:
-            m.setattr(_record, "_OPS", {})  # schema facts made again, fast paths on or off
-            if not fast:
-                m.setattr(_record, "_fast_path", lambda op, schema: None)
+        # Facts of every op made again, with the fast paths on or off.
+        with fresh_facts() if fast else general_path_only() as ops:
             torch.manual_seed(0)
             with LazyInitContext():
                 module = model()
-            kinds = {op.fast.__name__ for op in _record._OPS.values() if op.fast is not None}
-            all_kinds = {"_record_factory", "_record_view", "_record_fill"}
+            kinds = {op.kind for op in ops.values() if op.path in FAST_PATHS.values()}
+            all_kinds = set(FAST_PATHS)
             assert kinds == (all_kinds if fast and model is _EveryFastKind else kinds & all_kinds)
             assert bool(kinds) == fast
             return module, _describe_graph(module), torch.get_rng_state()

@@ -243,8 +243,7 @@ class LazyInitContext:
                     "replaces it: drop the outer context (materialize(model) gives the values; "
                     "booster.boost(model) shards first)"
                 )
-            session.start(self.default_device, self.rng)
-        _rng.begin_session()
+            session.start(self.default_device, self.rng, _rng.Streams())
         try:
             modes: list[Any] = []
             if self.default_device.type != "cpu":
@@ -268,7 +267,7 @@ class LazyInitContext:
                 if mode is not None:
                     mode.__exit__(None, None, None)
             # After the recording mode is gone: resolving may run random ops for their draws.
-            _rng.end_session(None if failed else run_for_draws)
+            _rng.end_session(None if failed else run_for_draws)  # (the session's streams)
         finally:
             with lock:
                 session.stop()

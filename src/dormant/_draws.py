@@ -214,7 +214,7 @@ def count(op: Any, target: torch.Tensor, bound: dict[str, Any], device: torch.de
 def count_library_call(
     name: str, target: torch.Tensor, call: dict[str, Any], device: torch.device
 ) -> int | None:
-    """Draws of a recorded ``torch.nn.init`` call (see ``_record``'s deferred library init)."""
+    """Draws of a recorded ``torch.nn.init`` call (see ``_deferred``)."""
     if device.type != "cpu" or not target.is_contiguous() or target.numel() < 16:
         return None
     dtype, n = target.dtype, target.numel()

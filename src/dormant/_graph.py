@@ -1,7 +1,8 @@
 """The op graph: lazy storages, recorded ops and the references between them.
 
 See [Note: the op graph] below; this module holds data only. Recording fills it
-(``_record.py``), replay reads it (``_replay.py``).
+(``_record.py`` and the modules of its paths, through ``_emit.emit``), replay reads it
+(``_replay.py``).
 
 [Note: the op graph]
 Eager PyTorch mutates storages; views, ``.data`` and tied weights are several tensors over one
@@ -22,10 +23,11 @@ needed is freed by reference counting alone.
 
 from __future__ import annotations
 
+import enum
 import itertools
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch.utils._pytree import TreeSpec, tree_flatten
@@ -147,6 +149,43 @@ class Write:
         return self._storage()
 
 
+class NodeKind(enum.Enum):
+    """What a node's ``op`` is. Readers ask the node (``node.kind``, ``node.is_source``,
+    ``node.constant``...), never the class of its op."""
+
+    OP = "op"  # an aten op, called with the node's arguments
+    CONSTANT = "constant"  # real data given to the context: ``op`` is a :class:`Constant`
+    READ = "read"  # a read from a checkpoint file: ``op`` is a :class:`SourceRead`
+    LIBRARY = "library"  # a whole library function: ``op`` is a :class:`DeferredCall`
+
+
+class SourceRead(Protocol):
+    """The op of a checkpoint read: called, the whole tensor; its ``window(a, b)`` (if not None)
+    reads elements ``[a, b)`` of it, flat, alone."""
+
+    def __call__(self) -> torch.Tensor: ...
+
+    @property
+    def window(self) -> Callable[[int, int], torch.Tensor] | None: ...
+
+
+class RandomStep(Protocol):
+    """A random op's place on its generator's stream (``_rng.RngStep``, which owns its meaning;
+    see [Note: RNG positions] in ``_rng``)."""
+
+    @property
+    def device(self) -> torch.device: ...  # of the generator drawn from
+
+    @property
+    def draws(self) -> int | None: ...  # None: not known without running the op
+
+    @property
+    def start(self) -> Any: ...  # an ``_rng.Position``; None until resolved
+
+    @property
+    def stream(self) -> Any: ...  # the ``_rng.RngStream`` it waits on to be resolved, or None
+
+
 class Node:
     """One recorded op: ``op(*args, **kwargs)`` with lazy tensors replaced by :class:`TensorRef`."""
 
@@ -155,6 +194,7 @@ class Node:
         "_label",
         "default_dtype",
         "flat_args",
+        "kind",
         "op",
         "reads",
         "rng",
@@ -170,14 +210,16 @@ class Node:
         flat_args: list[Any],
         spec: TreeSpec,
         label: str | None = None,
+        kind: NodeKind = NodeKind.OP,
     ) -> None:
         self.seq = next_sequence()
         self.op = op
+        self.kind = kind
         self.flat_args = flat_args
         self.spec = spec
         self.reads: Sequence[TensorRef] = ()  # set once, when the node reads anything
         self.writes: list[Write] = []
-        self.rng: Any = None  # an ``_rng.RngStep`` for ops that draw random numbers
+        self.rng: RandomStep | None = None  # for ops that draw random numbers
         # ``torch.get_default_dtype()`` when recorded, if not float32: it decides the result of
         # ``int_tensor / 3`` (see ``_record._add_node``).
         self.default_dtype: torch.dtype | None = None
@@ -185,6 +227,34 @@ class Node:
         # (an index out of range): kept for those alone, since finding it costs a stack walk.
         self.where: str | None = None
         self._label = label
+
+    @property
+    def is_source(self) -> bool:
+        """A node without inputs: a constant, or a read from a checkpoint file."""
+        kind = self.kind
+        return kind is NodeKind.CONSTANT or kind is NodeKind.READ
+
+    @property
+    def random_step(self) -> RandomStep:
+        """The place on its random stream of a node known to draw (``rng`` is not None)."""
+        assert self.rng is not None, f"{self.label} draws no random numbers"
+        return self.rng
+
+    @property
+    def constant(self) -> Constant | None:
+        """The real data of a constant node, else None."""
+        return cast(Constant, self.op) if self.kind is NodeKind.CONSTANT else None
+
+    @property
+    def library(self) -> DeferredCall | None:
+        """The library function a node replays whole, else None."""
+        return cast(DeferredCall, self.op) if self.kind is NodeKind.LIBRARY else None
+
+    @property
+    def window(self) -> Callable[[int, int], torch.Tensor] | None:
+        """A checkpoint read's reader of a part (``window(a, b)``: elements ``[a, b)``, flat),
+        else None."""
+        return cast(SourceRead, self.op).window if self.kind is NodeKind.READ else None
 
     @property
     def label(self) -> str:
@@ -200,20 +270,8 @@ class Node:
         return f"Node(#{self.seq} {self.label})"
 
 
-def source(
-    op: Callable[[], torch.Tensor], meta: torch.Tensor, device: torch.device, label: str
-) -> LazyStorage:
-    """A storage whose only write is ``op()``, a node without inputs: a constant, or a read from
-    a checkpoint file. Returns the storage; wrap ``meta`` over it for a lazy tensor."""
-    storage = LazyStorage(meta.untyped_storage().nbytes(), device)
-    node = Node(op, [], NO_ARGS, label)
-    ref = TensorRef(storage, meta, 1, weak=True)
-    storage.add_write(node, ref=ref, output_index=0, keeps_base=False)
-    return storage
-
-
 META = torch.device("meta")  # made once: a device argument parsed from a string costs each call
-NO_ARGS = tree_flatten(((), {}))[1]  # the call layout of a node without inputs (see ``source``)
+NO_ARGS = tree_flatten(((), {}))[1]  # the call layout of a node without inputs (``_emit.source``)
 
 
 def meta_like(value: torch.Tensor) -> torch.Tensor:
@@ -272,7 +330,7 @@ class Constant:
 
 
 class DeferredCall:
-    """The op of a node that replays a whole library function (see ``_record.DEFERRED``)."""
+    """The op of a node that replays a whole library function (see ``_deferred``)."""
 
     __slots__ = ("fn", "name", "tensor_arg")
 

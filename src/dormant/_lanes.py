@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from . import _rng
-from ._graph import LazyStorage, Node
+from ._graph import LazyStorage, Node, RandomStep
 
 
 class Scratch:
@@ -47,7 +47,7 @@ class Generators:
         self.private: dict[torch.device, torch.Generator] = {}
         self.at: dict[torch.device, _rng.Position] = {}  # where each stands, when known
 
-    def _place(self, step: _rng.RngStep) -> torch.Generator:
+    def _place(self, step: RandomStep) -> torch.Generator:
         start = step.start
         assert start is not None, "positions are resolved before replay runs"
         gen = self.private.get(step.device)

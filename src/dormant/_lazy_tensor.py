@@ -4,10 +4,11 @@ A LazyTensor is a wrapper subclass (it reports the device the value will live on
 is False) over a meta tensor: shape, dtype, strides and every view are computed by PyTorch's own
 meta kernels. Its values are defined by the op graph (``_graph.py``) through ``_lazy_storage``.
 
-Most behaviour lives in ``_record.py`` (ops, at the dispatcher). The handful of Python-level
-behaviours that never reach the dispatcher (``.data =``, ``tolist()``, ``repr``, ``deepcopy``,
-pickling, and the ``is_meta`` check of data-dependent ``torch.nn.init`` functions) are attributes
-of the class, each one small function: see [Note: Python-level behaviours].
+Most behaviour lives in ``_record.py`` and the modules of its paths (ops, at the dispatcher).
+The handful of Python-level behaviours that never reach the dispatcher (``.data =``,
+``tolist()``, ``repr``, ``deepcopy``, pickling, and the ``is_meta`` check of data-dependent
+``torch.nn.init`` functions) are attributes of the class, each one small function: see
+[Note: Python-level behaviours].
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ class LazyTensor(torch.Tensor):
     @property
     def is_meta(self) -> bool:  # type: ignore[override]
         # Data-dependent torch.nn.init functions ask ``is_meta`` first and return early when it
-        # is True; answering True there lets dormant record the whole call instead (see _record).
+        # is True; answering True there lets dormant record the whole call instead (see _deferred).
         return recorder.defer_library_init(self)
 
     def __repr__(self, *, tensor_contents: Any = None) -> str:  # type: ignore[override]

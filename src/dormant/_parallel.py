@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ._graph import Constant, LazyStorage, Node
+from ._graph import LazyStorage, Node
 from ._lanes import Lane
 from ._plan import Plan
 from ._session import real_execution
@@ -126,7 +126,7 @@ def _chains(nodes: Batch) -> list[list[int]]:
 def _cost(node: Node) -> int:
     """A node's work, roughly: the bytes it writes, plus the Python around any op."""
     written = _NODE_BYTES
-    if isinstance(node.op, Constant):
+    if node.constant is not None:
         return written  # real bytes handed over as they are (a checkpoint's mapped pages)
     for w in node.writes:
         if w.ref is not None:

@@ -23,7 +23,7 @@ import torch
 from torch.utils._pytree import tree_unflatten
 
 from . import _rng
-from ._graph import NO_ARGS, Constant, LazyStorage, Node, TensorRef, view_of
+from ._graph import Constant, LazyStorage, Node, TensorRef, view_of
 from ._lanes import Lane
 from ._parallel import Threads, batches
 from ._plan import Plan, plan
@@ -101,7 +101,7 @@ class _Execution:
         if real and memory.move_instead_of_copy(node):
             out = None
         else:
-            if node.spec is NO_ARGS:  # a constant or a checkpoint read: most nodes of a load
+            if node.is_source:  # a constant or a checkpoint read: most nodes of a load
                 call_args, call_kwargs = (), {}
             else:
                 args = [self._value(node, x, real, lane) for x in node.flat_args]
@@ -265,7 +265,7 @@ def constant_value(s: LazyStorage) -> torch.UntypedStorage | None:
     since (a checkpoint tensor over its file's mapped pages, ``torch.tensor(data)``): those
     bytes themselves, checked unchanged, without planning a pass. None for any other storage.
     """
-    if s.version == 1 and isinstance(op := s.writers[0].op, Constant):
+    if s.version == 1 and (op := s.writers[0].constant) is not None:
         return op().untyped_storage()
     return None
 

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from . import _mt19937
+from ._session import RngMode, session
 
 if TYPE_CHECKING:
     from ._graph import Node
@@ -210,8 +211,9 @@ def default_generator(device: torch.device) -> torch.Generator:
     raise NotImplementedError(f"dormant has no random stream for device type {device.type!r}")
 
 
-class Session:
-    """The streams of one recording session: a context, or one op on lazy tensors outside it."""
+class Streams:
+    """The streams of one recording session: a context (``RecordingSession.streams``), or one
+    op on lazy tensors outside it."""
 
     def __init__(self) -> None:
         # Keyed by the C++ generator: the dispatcher hands out new Python objects for it.
@@ -247,25 +249,16 @@ class Session:
             self._cpu_default = None
 
 
-_active: Session | None = None
-
-
-def begin_session() -> None:
-    """A LazyInitContext was entered: streams start from the generators' current states."""
-    global _active
-    _active = Session()
-
-
 def end_session(run: Runner | None) -> None:
-    """The context exited: move the generators where eager leaves them (``run`` is None after
-    an exception in model code: the generators then stay where they were)."""
-    global _active
-    session, _active = _active, None
-    if session is not None:
+    """The context exits: move the generators where eager leaves them (``run`` is None after
+    an exception in model code: the generators then stay where they were). The session's
+    streams are taken off it first."""
+    streams, session.streams = session.streams, None
+    if streams is not None:
         if run is not None:
-            session.finish(run)
+            streams.finish(run)
         else:
-            session.abandon()
+            streams.abandon()
 
 
 def record_step(
@@ -274,18 +267,18 @@ def record_step(
     device: torch.device,
     draws: int | None,
     *,
-    fast: bool,
     run: Runner,
 ) -> RngStep:
     """Place a recorded random op on its stream. Outside a context the op is a session of its
     own: the generator moves past it now, as eager's would."""
-    session = _active if _active is not None else Session()
-    stream = session.stream_for(generator, device)
-    step = stream.fast_step(node) if fast else stream.append(node, draws)
-    if session is not _active:
+    active: Streams | None = session.streams
+    streams = active if active is not None else Streams()
+    stream = streams.stream_for(generator, device)
+    step = stream.fast_step(node) if session.rng is RngMode.FAST else stream.append(node, draws)
+    if streams is not active:
         # Finishing runs an uncounted op for its draws now, which places it by ``node.rng``.
         node.rng = step
-        session.finish(run)
+        streams.finish(run)
     else:
         stream.mark()
     return step
@@ -296,7 +289,8 @@ def place_for_real_draw(
 ) -> None:
     """Model code is about to draw for real inside the context (a random op on a real tensor):
     put the generator where eager construction would have it by now."""
-    if _active is None:
+    streams: Streams | None = session.streams
+    if streams is None:
         return
-    stream = _active.stream_for(generator, device)
+    stream = streams.stream_for(generator, device)
     stream.generator.set_state(stream.end_state(run))

@@ -1,4 +1,5 @@
-"""The recording session: which thread records, where new tensors go, and how random ops record.
+"""The recording session: which thread records, where new tensors go, how random ops record,
+and the random streams model code draws from.
 
 One :class:`~dormant.LazyInitContext` at a time records, on one thread (nested contexts on that
 thread join it). Everything below the context reads the session from here, so this module
@@ -12,6 +13,7 @@ import enum
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils._python_dispatch import _disable_current_modes
@@ -25,22 +27,28 @@ class RngMode(enum.Enum):
 
 
 @dataclass
-class Session:
-    """The state of the recording session (one per process)."""
+class RecordingSession:
+    """The state of the recording session (one per process): the one owner of it, started and
+    stopped by :class:`~dormant.LazyInitContext` (under ``lock``)."""
 
     owner: int | None = None  # the thread that records
     depth: int = 0  # nesting of contexts on that thread
     device: torch.device | None = None
     rng: RngMode = RngMode.EXACT
+    # The random streams of the session (an ``_rng.Streams``, which the context makes: this
+    # module imports nothing of dormant); finished by ``_rng.end_session`` before ``stop``.
+    streams: Any = None
 
-    def start(self, device: torch.device, rng: RngMode) -> None:
+    def start(self, device: torch.device, rng: RngMode, streams: Any) -> None:
         self.owner, self.depth, self.device, self.rng = threading.get_ident(), 1, device, rng
+        self.streams = streams
 
     def stop(self) -> None:
         self.owner, self.depth, self.device, self.rng = None, 0, None, RngMode.EXACT
+        self.streams = None
 
 
-session = Session()
+session = RecordingSession()
 lock = threading.Lock()  # guards starting and stopping the session
 
 

@@ -35,7 +35,7 @@ import torch
 from torch.utils._pytree import tree_unflatten
 
 from . import _mt19937, _rng
-from ._graph import Constant, DeferredCall, LazyStorage, Node, TensorRef
+from ._graph import Constant, LazyStorage, Node, TensorRef
 from ._lanes import with_generator
 from ._plan import write_of
 from ._replay import run_for_draws
@@ -188,7 +188,7 @@ class Window:
             raise Unsliceable(f"{node.label} has no elementwise rule")
 
     def _read_source(self, node: Node, out: torch.Tensor, a: int, b: int) -> None:
-        window = getattr(node.op, "window", None)  # a checkpoint read that can read a slice
+        window = node.window  # a checkpoint read that can read a slice
         value = window(a, b) if window is not None else node.op().reshape(-1)[a:b]
         out.copy_(value.reshape(-1))
 
@@ -325,7 +325,7 @@ class _Draws:
     ) -> None:
         """Write elements ``[a, b)`` of random ``node``'s output (``n`` elements) into ``out``;
         ``arguments`` gives the op's arguments over a window (its other inputs' windows)."""
-        step: _rng.RngStep = node.rng
+        step = node.random_step
         if step.start is None:
             assert step.stream is not None
             step.stream.resolve(run_for_draws)
@@ -333,9 +333,8 @@ class _Draws:
         assert start is not None
         if out.device.type != "cpu":
             raise Unsliceable(f"{node.label} draws on {out.device}: no window rule")
-        op = node.op
         in_shape = written is not None and written.meta.numel() == n
-        shaped = isinstance(op, DeferredCall) and op.name not in _FLAT_LIBRARY_CALLS
+        shaped = (call := node.library) is not None and call.name not in _FLAT_LIBRARY_CALLS
         if shaped and not (n <= _SMALL and in_shape):
             # orthogonal_'s QR needs the tensor's shape: never run on a flat window
             raise Unsliceable(f"{node.label} needs the whole tensor")
@@ -433,7 +432,7 @@ def random_window(
 
 def _is_source(node: Node) -> bool:
     """A node without inputs: a constant, or a read from a checkpoint file (``_graph.source``)."""
-    return isinstance(node.op, Constant) or (not node.flat_args and callable(node.op))
+    return node.is_source
 
 
 def _slice_real(node: Node, value: torch.Tensor, a: int, b: int, n: int) -> torch.Tensor:

@@ -8,7 +8,7 @@ to send, and needs none: every rank recorded the same program from the same RNG 
 rank's own slice of its own lazy tensor *is* the source rank's slice, computed later, shard only.
 Both collectives (``mesh_scatter`` and ``mesh_broadcast``) first ask ``output.is_meta`` and do
 nothing when it is True, as for a meta tensor; dormant answers True to them alone (the same hook
-as [Note: deferred library init] in ``_record.py``), records the rank's slice as a lazy copy of
+as [Note: deferred library init] in ``_deferred.py``), records the rank's slice as a lazy copy of
 its own chunk, and instead of the values checks, in one small gather over the same group, that
 the ranks agree on the program they would have sent (:func:`program_digest`).
 """

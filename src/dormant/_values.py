@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_flatten
 
-from ._graph import Constant, LazyStorage, Node, view_of
+from ._graph import LazyStorage, Node, view_of
 from ._plan import COPY, Plan
 
 
@@ -150,7 +150,7 @@ class Values:
             if (
                 value.stride() != meta.stride()
                 or value.storage_offset() != meta.storage_offset()
-                or (isinstance(node.op, Constant) and later_writes)
+                or (node.constant is not None and later_writes)
             ):
                 buf = allocate(s)
                 view_of(buf, meta).copy_(value)

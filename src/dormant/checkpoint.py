@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from ._checkpoint_files import EXTRA_STATE, Entry, open_checkpoint
-from ._graph import meta_like, source
+from ._emit import source
+from ._graph import meta_like
 from ._lazy_tensor import LazyTensor
 from .errors import CheckpointError
 
