@@ -148,10 +148,15 @@ def test_torchtitan_parallelize_llama_then_materialize_is_exact(tmp_path: Path) 
     for found in run_ranks(scenario_torchtitan, tmp_path):
         for layout, result in found.items():
             assert_exact(result, layout)
-            # Exact, but these shards are computed from their whole tensors: trunc_normal_ (all
-            # of torchtitan's linear inits) has no window rule above 65,536 elements, nor has
-            # the fused QKV weight's cat, nor the RoPE cache's polar.
-            known = ("torch.nn.init.trunc_normal_", "aten.cat.default", "aten.polar.default")
+            # Exact, and torchtitan's trunc_normal_ inits computed shard by shard, except the
+            # head's: its bounds at 3 std make trunc_normal_ a rejection loop whose draws depend
+            # on the values. The fused QKV weight's cat and the RoPE cache's polar have no
+            # window rule either, so those shards are computed from their whole tensors.
+            known = (
+                "lm_head.weight: torch.nn.init.trunc_normal_((2048, 256)): a rejection loop",
+                "aten.cat",
+                "aten.polar",
+            )
             assert all(any(k in w for k in known) for w in result["whole"]), result["whole"]
         # FSDP shards every parameter on dim 0; TP x FSDP (a 2-D mesh, FSDP of degree 1) shards
         # the embeddings, head and every projection over the TP ranks too

@@ -216,3 +216,27 @@ def test_a_small_init_recorded_whole_is_drawn_in_its_shape() -> None:
         w = nn.init.orthogonal_(torch.empty(40, 30))
     values = Window().values(w._lazy_storage, w.dtype, 20 * 30, 40 * 30)
     assert torch.equal(values, eager[20:].reshape(-1))
+
+
+class TruncatedInits(nn.Module):
+    """torchtitan's and timm's linear init: ``trunc_normal_`` on matrices above the size a window
+    draws whole."""
+
+    def __init__(self, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        self.wide = nn.Parameter(torch.empty(300, 301, dtype=dtype))  # +-2 at std 0.02: unreached
+        nn.init.trunc_normal_(self.wide, std=0.02)
+        self.shifted = nn.Parameter(torch.empty(257, 300, dtype=dtype))
+        nn.init.trunc_normal_(self.shifted, mean=1.0, std=0.5, a=-4.0, b=6.0)
+        # bounds inside normal_'s reach: how many rounds it draws depends on the values
+        self.narrow = nn.Parameter(torch.empty(300, 300, dtype=dtype))
+        nn.init.trunc_normal_(self.narrow, std=0.02, a=-0.03, b=0.03)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_trunc_normal_with_bounds_out_of_reach_is_computed_window_by_window(
+    dtype: torch.dtype,
+) -> None:
+    # Each rank's rows of a wide-bounded trunc_normal_ are drawn alone, as normal_'s would be;
+    # a narrow-bounded one has no window rule and is named as computed whole.
+    check_windows(*eager_and_lazy(lambda: TruncatedInits(dtype)), frozenset({"narrow"}))

@@ -80,7 +80,8 @@ _ELEMENTWISE = {
 }
 # Library calls recorded whole whose values do not depend on the tensor's shape: a small one is
 # run whole on a flat tensor, like a random op.
-_FLAT_LIBRARY_CALLS = {"torch.nn.init.trunc_normal_"}
+_TRUNC_NORMAL = "torch.nn.init.trunc_normal_"
+_FLAT_LIBRARY_CALLS = {_TRUNC_NORMAL}
 # A random op over this many elements or fewer is run whole and sliced: cheaper than a jump.
 _SMALL = 1 << 16
 
@@ -348,6 +349,8 @@ class _Draws:
             self._draw(fill, whole, start, None)
             out.copy_(whole.view(-1)[a:b])
         elif rule is None:
+            if node.library is not None:  # trunc_normal_ with bounds normal_ can reach
+                raise Unsliceable(f"{node.label}: a rejection loop, its draws depend on its values")
             raise Unsliceable(f"{node.label}: no window rule for {out.dtype}")
         else:
             k = rule.draws_per_element
@@ -383,6 +386,15 @@ def _fill(
     overload = with_generator(op)  # the op, or its overload that takes a generator
     if written is None or reads_other or overload is None:
         raise Unsliceable(f"{node.label}: no window rule for this random op")
+    call = node.library
+    if call is not None and call.name == _TRUNC_NORMAL and node.random_step.draws is not None:
+        # A known count means bounds past normal_'s reach (``_draws.count_library_call``): one
+        # round of normal_ that rejects nothing, so any window is normal_'s.
+        def normal(t: torch.Tensor, g: torch.Generator) -> object:
+            _, kwargs = arguments(node, written, t, 0, t.numel(), t.numel())
+            return t.normal_(kwargs["mean"], kwargs["std"], generator=g)
+
+        return normal, aten.normal_.default
 
     def fill(t: torch.Tensor, g: torch.Generator) -> object:
         args, kwargs = arguments(node, written, t, 0, t.numel(), t.numel())
