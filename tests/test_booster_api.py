@@ -281,8 +281,9 @@ def test_prepare_dataloader_splits_the_dataset(tmp_path: Path) -> None:
     assert len(rank0["seen"]) == len(rank1["seen"]) == 10
 
 
-def scenario_pipeline() -> dict[str, Any]:
-    """HybridParallelPlugin(pp_size=2): each rank keeps its stage, exactly, and trains it."""
+def _pipeline_llama() -> tuple[Any, torch.Tensor, dict[str, torch.Tensor], list[float]]:
+    """A small untied Llama config, a batch, and an eager single-process build of the whole
+    model: its state as built and its losses over two SGD steps on the batch."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=4,
@@ -300,15 +301,24 @@ def scenario_pipeline() -> dict[str, Any]:
         eager_opt.step()
         eager_opt.zero_grad()
         eager_losses.append(float(loss))
+    return config, ids, built, eager_losses
+
+
+def _boost_and_train_stage(
+    config: Any, ids: torch.Tensor, plugin: HybridParallelPlugin
+) -> tuple[Booster, nn.Module, dict[str, torch.Tensor], list[float | None]]:
+    """Boost a lazy build of ``config`` with ``plugin`` (pipeline stages), keep each
+    parameter's full value as boosted, then run two SGD steps with ``execute_pipeline``."""
+    from transformers import LlamaForCausalLM
+
     torch.manual_seed(SEED)
     with LazyInitContext():
         model = LlamaForCausalLM(config)
-    plugin = HybridParallelPlugin(tp_size=1, pp_size=2, precision="fp32", num_microbatches=2)
     booster = Booster(plugin=plugin)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     model, optimizer, *_ = booster.boost(model, optimizer)
     state = {k: v.full_tensor().clone() for k, v in model.state_dict().items()}
-    losses = []
+    losses: list[float | None] = []
     for _ in range(2):
         out = booster.execute_pipeline(
             iter([{"input_ids": ids, "labels": ids}]), model, lambda o, i: o.loss, optimizer
@@ -316,6 +326,16 @@ def scenario_pipeline() -> dict[str, Any]:
         optimizer.step()
         optimizer.zero_grad()
         losses.append(None if out["loss"] is None else float(out["loss"]))
+    return booster, model, state, losses
+
+
+def scenario_pipeline() -> dict[str, Any]:
+    """HybridParallelPlugin(pp_size=2): each rank keeps its stage, exactly, and trains it."""
+    from transformers import LlamaForCausalLM
+
+    config, ids, built, eager_losses = _pipeline_llama()
+    plugin = HybridParallelPlugin(tp_size=1, pp_size=2, precision="fp32", num_microbatches=2)
+    booster, model, state, losses = _boost_and_train_stage(config, ids, plugin)
     tmp = os.environ["DORMANT_TEST_TMP"]
     try:
         booster.save_model(model, f"{tmp}/pp.pt")
@@ -359,3 +379,42 @@ def test_pipeline_stages_hold_their_layers_exactly_and_train(tmp_path: Path) -> 
         assert r["roundtrip"]
     for got, want in zip(last["losses"], last["eager_losses"], strict=True):
         assert math.isclose(got, want, rel_tol=1e-5), (last["losses"], last["eager_losses"])
+
+
+def scenario_pipeline_tensor_parallel() -> dict[str, Any]:
+    """HybridParallelPlugin(tp_size=2, pp_size=2) at 4 ranks: each stage's layers split over tp."""
+    config, ids, built, eager_losses = _pipeline_llama()
+    plugin = HybridParallelPlugin(tp_size=2, pp_size=2, precision="fp32", num_microbatches=2)
+    _, model, state, losses = _boost_and_train_stage(config, ids, plugin)
+    split = sorted(
+        k
+        for k, v in model.state_dict().items()
+        if any(p.is_shard() for p in v.placements) and v.to_local().shape != v.shape
+    )
+    return {
+        "keys": sorted(state),
+        "split": split,
+        "not_equal": sorted(k for k in state if not torch.equal(state[k], built[k])),
+        "losses": losses,
+        "eager_losses": eager_losses,
+        "lazy_left": is_lazy(model),
+    }
+
+
+def test_pipeline_stages_with_tensor_parallel_layers_are_exact_and_train(tmp_path: Path) -> None:
+    ranks = run_ranks(scenario_pipeline_tensor_parallel, tmp_path, nproc=4)
+    # the mesh is (pp, dp, tp) = (2, 1, 2): ranks 0 and 1 hold the first stage, 2 and 3 the last
+    for r, (stage_layers, first) in zip(
+        ranks, [({"0", "1"}, True)] * 2 + [({"2", "3"}, False)] * 2, strict=True
+    ):
+        assert {k.split(".")[2] for k in r["keys"] if ".layers." in k} == stage_layers
+        assert ("model.embed_tokens.weight" in r["keys"]) == first
+        assert ("lm_head.weight" in r["keys"]) != first
+        assert r["not_equal"] == [] and not r["lazy_left"]
+        # every projection of the stage's layers is split over tp (7 per layer, 2 layers)
+        assert len(r["split"]) == 14 and all("_proj." in k for k in r["split"]), r["split"]
+    for r in ranks[:2]:
+        assert r["losses"] == [None, None]
+    for r in ranks[2:]:
+        for got, want in zip(r["losses"], r["eager_losses"], strict=True):
+            assert math.isclose(got, want, rel_tol=1e-5), (r["losses"], r["eager_losses"])
