@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -316,7 +317,10 @@ def _boost_and_train_stage(
         model = LlamaForCausalLM(config)
     booster = Booster(plugin=plugin)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    model, optimizer, *_ = booster.boost(model, optimizer)
+    with warnings.catch_warnings():
+        # a stage is split by the plan's keys for the modules it holds, none other
+        warnings.filterwarnings("error", message="Parallelize plan key")
+        model, optimizer, *_ = booster.boost(model, optimizer)
     state = {k: v.full_tensor().clone() for k, v in model.state_dict().items()}
     losses: list[float | None] = []
     for _ in range(2):
@@ -383,8 +387,27 @@ def test_pipeline_stages_hold_their_layers_exactly_and_train(tmp_path: Path) -> 
 
 def scenario_pipeline_tensor_parallel() -> dict[str, Any]:
     """HybridParallelPlugin(tp_size=2, pp_size=2) at 4 ranks: each stage's layers split over tp."""
+    return _pipeline_tensor_parallel(split_head=False)
+
+
+def scenario_pipeline_tensor_parallel_head() -> dict[str, Any]:
+    """The same with a plan that also splits the head, which only the last stage holds."""
+    return _pipeline_tensor_parallel(split_head=True)
+
+
+def _pipeline_tensor_parallel(split_head: bool) -> dict[str, Any]:
+    from torch.distributed.tensor import Replicate
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
     config, ids, built, eager_losses = _pipeline_llama()
-    plugin = HybridParallelPlugin(tp_size=2, pp_size=2, precision="fp32", num_microbatches=2)
+    plan = None
+    if split_head:
+        styles = {"colwise": ColwiseParallel, "rowwise": RowwiseParallel}
+        plan = {f"model.{k}": styles[v]() for k, v in config.base_model_tp_plan.items()}
+        plan["lm_head"] = ColwiseParallel(output_layouts=Replicate())
+    plugin = HybridParallelPlugin(
+        tp_size=2, pp_size=2, precision="fp32", num_microbatches=2, tp_plan=plan
+    )
     _, model, state, losses = _boost_and_train_stage(config, ids, plugin)
     split = sorted(
         k
@@ -401,8 +424,14 @@ def scenario_pipeline_tensor_parallel() -> dict[str, Any]:
     }
 
 
-def test_pipeline_stages_with_tensor_parallel_layers_are_exact_and_train(tmp_path: Path) -> None:
-    ranks = run_ranks(scenario_pipeline_tensor_parallel, tmp_path, nproc=4)
+@pytest.mark.parametrize(
+    "scenario", [scenario_pipeline_tensor_parallel, scenario_pipeline_tensor_parallel_head]
+)
+def test_pipeline_stages_with_tensor_parallel_layers_are_exact_and_train(
+    scenario: Callable[[], dict[str, Any]], tmp_path: Path
+) -> None:
+    ranks = run_ranks(scenario, tmp_path, nproc=4)
+    head_split = scenario is scenario_pipeline_tensor_parallel_head
     # the mesh is (pp, dp, tp) = (2, 1, 2): ranks 0 and 1 hold the first stage, 2 and 3 the last
     for r, (stage_layers, first) in zip(
         ranks, [({"0", "1"}, True)] * 2 + [({"2", "3"}, False)] * 2, strict=True
@@ -411,8 +440,11 @@ def test_pipeline_stages_with_tensor_parallel_layers_are_exact_and_train(tmp_pat
         assert ("model.embed_tokens.weight" in r["keys"]) == first
         assert ("lm_head.weight" in r["keys"]) != first
         assert r["not_equal"] == [] and not r["lazy_left"]
-        # every projection of the stage's layers is split over tp (7 per layer, 2 layers)
-        assert len(r["split"]) == 14 and all("_proj." in k for k in r["split"]), r["split"]
+        # every projection of the stage's layers is split over tp (7 per layer, 2 layers), and
+        # the head where the plan names it and the stage holds it
+        projections = [k for k in r["split"] if "_proj." in k]
+        head = ["lm_head.weight"] if head_split and not first else []
+        assert len(projections) == 14 and r["split"] == sorted(projections + head), r["split"]
     for r in ranks[:2]:
         assert r["losses"] == [None, None]
     for r in ranks[2:]:
