@@ -333,10 +333,24 @@ def _boost_and_train_stage(
     return booster, model, state, losses
 
 
-def scenario_pipeline() -> dict[str, Any]:
-    """HybridParallelPlugin(pp_size=2): each rank keeps its stage, exactly, and trains it."""
+def _dcp_roundtrip(booster: Booster, model: nn.Module, config: Any, plugin: Any) -> bool:
+    """Save ``model``'s stages as DCP, load them into another lazy build (another seed) boosted
+    with ``plugin``: True if every tensor came back equal."""
     from transformers import LlamaForCausalLM
 
+    path = f"{os.environ['DORMANT_TEST_TMP']}/pp-dcp"
+    booster.save_model(model, path, gather_dtensor=False)
+    torch.manual_seed(SEED + 1)
+    with LazyInitContext():
+        other = LlamaForCausalLM(config)
+    other, *_ = Booster(plugin=plugin).boost(other)
+    booster.load_model(other, path)
+    mine, theirs = model.state_dict(), other.state_dict()
+    return all(torch.equal(mine[k].full_tensor(), theirs[k].full_tensor()) for k in mine)
+
+
+def scenario_pipeline() -> dict[str, Any]:
+    """HybridParallelPlugin(pp_size=2): each rank keeps its stage, exactly, and trains it."""
     config, ids, built, eager_losses = _pipeline_llama()
     plugin = HybridParallelPlugin(tp_size=1, pp_size=2, precision="fp32", num_microbatches=2)
     booster, model, state, losses = _boost_and_train_stage(config, ids, plugin)
@@ -346,17 +360,10 @@ def scenario_pipeline() -> dict[str, Any]:
         refused = "no error"
     except DormantError as e:
         refused = str(e)
-    booster.save_model(model, f"{tmp}/pp-dcp", gather_dtensor=False)
-    torch.manual_seed(SEED + 1)
-    with LazyInitContext():
-        other = LlamaForCausalLM(config)
     other_plugin = HybridParallelPlugin(tp_size=1, pp_size=2, precision="fp32")
-    other, *_ = Booster(plugin=other_plugin).boost(other)
-    booster.load_model(other, f"{tmp}/pp-dcp")
-    mine, theirs = model.state_dict(), other.state_dict()
     return {
         "refused": refused,
-        "roundtrip": all(torch.equal(mine[k].full_tensor(), theirs[k].full_tensor()) for k in mine),
+        "roundtrip": _dcp_roundtrip(booster, model, config, other_plugin),
         "keys": sorted(state),
         "not_equal": sorted(k for k in state if not torch.equal(state[k], built[k])),
         "losses": losses,
@@ -408,7 +415,9 @@ def _pipeline_tensor_parallel(split_head: bool) -> dict[str, Any]:
     plugin = HybridParallelPlugin(
         tp_size=2, pp_size=2, precision="fp32", num_microbatches=2, tp_plan=plan
     )
-    _, model, state, losses = _boost_and_train_stage(config, ids, plugin)
+    booster, model, state, losses = _boost_and_train_stage(config, ids, plugin)
+    other_plugin = HybridParallelPlugin(tp_size=2, pp_size=2, precision="fp32", tp_plan=plan)
+    roundtrip = _dcp_roundtrip(booster, model, config, other_plugin)
     split = sorted(
         k
         for k, v in model.state_dict().items()
@@ -417,6 +426,7 @@ def _pipeline_tensor_parallel(split_head: bool) -> dict[str, Any]:
     return {
         "keys": sorted(state),
         "split": split,
+        "roundtrip": roundtrip,
         "not_equal": sorted(k for k in state if not torch.equal(state[k], built[k])),
         "losses": losses,
         "eager_losses": eager_losses,
@@ -439,7 +449,7 @@ def test_pipeline_stages_with_tensor_parallel_layers_are_exact_and_train(
         assert {k.split(".")[2] for k in r["keys"] if ".layers." in k} == stage_layers
         assert ("model.embed_tokens.weight" in r["keys"]) == first
         assert ("lm_head.weight" in r["keys"]) != first
-        assert r["not_equal"] == [] and not r["lazy_left"]
+        assert r["not_equal"] == [] and not r["lazy_left"] and r["roundtrip"]
         # every projection of the stage's layers is split over tp (7 per layer, 2 layers), and
         # the head where the plan names it and the stage holds it
         projections = [k for k in r["split"] if "_proj." in k]
