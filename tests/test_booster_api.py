@@ -405,6 +405,7 @@ def scenario_pipeline_tensor_parallel_head() -> dict[str, Any]:
 def _pipeline_tensor_parallel(split_head: bool) -> dict[str, Any]:
     from torch.distributed.tensor import Replicate
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+    from transformers import LlamaForCausalLM
 
     config, ids, built, eager_losses = _pipeline_llama()
     plan = None
@@ -418,6 +419,13 @@ def _pipeline_tensor_parallel(split_head: bool) -> dict[str, Any]:
     booster, model, state, losses = _boost_and_train_stage(config, ids, plugin)
     other_plugin = HybridParallelPlugin(tp_size=2, pp_size=2, precision="fp32", tp_plan=plan)
     roundtrip = _dcp_roundtrip(booster, model, config, other_plugin)
+    with LazyInitContext():
+        too_many = LlamaForCausalLM(config)
+    try:
+        Booster(plugin=HybridParallelPlugin(tp_size=2, pp_size=3)).boost(too_many)
+        not_dividing = "no error"
+    except DormantError as e:
+        not_dividing = str(e)
     split = sorted(
         k
         for k, v in model.state_dict().items()
@@ -427,6 +435,7 @@ def _pipeline_tensor_parallel(split_head: bool) -> dict[str, Any]:
         "keys": sorted(state),
         "split": split,
         "roundtrip": roundtrip,
+        "not_dividing": not_dividing,
         "not_equal": sorted(k for k in state if not torch.equal(state[k], built[k])),
         "losses": losses,
         "eager_losses": eager_losses,
@@ -455,6 +464,7 @@ def test_pipeline_stages_with_tensor_parallel_layers_are_exact_and_train(
         projections = [k for k in r["split"] if "_proj." in k]
         head = ["lm_head.weight"] if head_split and not first else []
         assert len(projections) == 14 and r["split"] == sorted(projections + head), r["split"]
+        assert "tp_size=2 x pp_size=3 = 6 does not divide the world size 4" in r["not_dividing"]
     for r in ranks[:2]:
         assert r["losses"] == [None, None]
     for r in ranks[2:]:

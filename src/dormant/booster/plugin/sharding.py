@@ -89,9 +89,10 @@ def shard(model: nn.Module, sharding: Sharding) -> DeviceMesh | None:
     world = dist.get_world_size()
     tp, replicate, pp = sharding.tp_size, sharding.replicate_size, sharding.pp_size
     if tp < 1 or pp < 1 or world % (tp * replicate * pp):
-        sizes = f"tp_size={tp}" + (f" x pp_size={pp}" if pp > 1 else "")
+        sizes = f"tp_size={tp}" + (f" x pp_size={pp} = {tp * pp}" if pp > 1 else "")
         raise DormantError(
-            f"{sizes} does not divide the world size {world}: choose a divisor of {world}"
+            f"{sizes} does not divide the world size {world}: choose sizes whose product "
+            f"divides {world}"
         )
     if replicate > 1 and tp * pp > 1:
         raise DormantError(
