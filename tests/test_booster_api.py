@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -281,8 +282,9 @@ def test_prepare_dataloader_splits_the_dataset(tmp_path: Path) -> None:
     assert len(rank0["seen"]) == len(rank1["seen"]) == 10
 
 
-def scenario_pipeline() -> dict[str, Any]:
-    """HybridParallelPlugin(pp_size=2): each rank keeps its stage, exactly, and trains it."""
+def _pipeline_llama() -> tuple[Any, torch.Tensor, dict[str, torch.Tensor], list[float]]:
+    """A small untied Llama config, a batch, and an eager single-process build of the whole
+    model: its state as built and its losses over two SGD steps on the batch."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=4,
@@ -300,15 +302,27 @@ def scenario_pipeline() -> dict[str, Any]:
         eager_opt.step()
         eager_opt.zero_grad()
         eager_losses.append(float(loss))
+    return config, ids, built, eager_losses
+
+
+def _boost_and_train_stage(
+    config: Any, ids: torch.Tensor, plugin: HybridParallelPlugin
+) -> tuple[Booster, nn.Module, dict[str, torch.Tensor], list[float | None]]:
+    """Boost a lazy build of ``config`` with ``plugin`` (pipeline stages), keep each
+    parameter's full value as boosted, then run two SGD steps with ``execute_pipeline``."""
+    from transformers import LlamaForCausalLM
+
     torch.manual_seed(SEED)
     with LazyInitContext():
         model = LlamaForCausalLM(config)
-    plugin = HybridParallelPlugin(tp_size=1, pp_size=2, precision="fp32", num_microbatches=2)
     booster = Booster(plugin=plugin)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    model, optimizer, *_ = booster.boost(model, optimizer)
+    with warnings.catch_warnings():
+        # a stage is split by the plan's keys for the modules it holds, none other
+        warnings.filterwarnings("error", message="Parallelize plan key")
+        model, optimizer, *_ = booster.boost(model, optimizer)
     state = {k: v.full_tensor().clone() for k, v in model.state_dict().items()}
-    losses = []
+    losses: list[float | None] = []
     for _ in range(2):
         out = booster.execute_pipeline(
             iter([{"input_ids": ids, "labels": ids}]), model, lambda o, i: o.loss, optimizer
@@ -316,23 +330,40 @@ def scenario_pipeline() -> dict[str, Any]:
         optimizer.step()
         optimizer.zero_grad()
         losses.append(None if out["loss"] is None else float(out["loss"]))
+    return booster, model, state, losses
+
+
+def _dcp_roundtrip(booster: Booster, model: nn.Module, config: Any, plugin: Any) -> bool:
+    """Save ``model``'s stages as DCP, load them into another lazy build (another seed) boosted
+    with ``plugin``: True if every tensor came back equal."""
+    from transformers import LlamaForCausalLM
+
+    path = f"{os.environ['DORMANT_TEST_TMP']}/pp-dcp"
+    booster.save_model(model, path, gather_dtensor=False)
+    torch.manual_seed(SEED + 1)
+    with LazyInitContext():
+        other = LlamaForCausalLM(config)
+    other, *_ = Booster(plugin=plugin).boost(other)
+    booster.load_model(other, path)
+    mine, theirs = model.state_dict(), other.state_dict()
+    return all(torch.equal(mine[k].full_tensor(), theirs[k].full_tensor()) for k in mine)
+
+
+def scenario_pipeline() -> dict[str, Any]:
+    """HybridParallelPlugin(pp_size=2): each rank keeps its stage, exactly, and trains it."""
+    config, ids, built, eager_losses = _pipeline_llama()
+    plugin = HybridParallelPlugin(tp_size=1, pp_size=2, precision="fp32", num_microbatches=2)
+    booster, model, state, losses = _boost_and_train_stage(config, ids, plugin)
     tmp = os.environ["DORMANT_TEST_TMP"]
     try:
         booster.save_model(model, f"{tmp}/pp.pt")
         refused = "no error"
     except DormantError as e:
         refused = str(e)
-    booster.save_model(model, f"{tmp}/pp-dcp", gather_dtensor=False)
-    torch.manual_seed(SEED + 1)
-    with LazyInitContext():
-        other = LlamaForCausalLM(config)
     other_plugin = HybridParallelPlugin(tp_size=1, pp_size=2, precision="fp32")
-    other, *_ = Booster(plugin=other_plugin).boost(other)
-    booster.load_model(other, f"{tmp}/pp-dcp")
-    mine, theirs = model.state_dict(), other.state_dict()
     return {
         "refused": refused,
-        "roundtrip": all(torch.equal(mine[k].full_tensor(), theirs[k].full_tensor()) for k in mine),
+        "roundtrip": _dcp_roundtrip(booster, model, config, other_plugin),
         "keys": sorted(state),
         "not_equal": sorted(k for k in state if not torch.equal(state[k], built[k])),
         "losses": losses,
@@ -359,3 +390,83 @@ def test_pipeline_stages_hold_their_layers_exactly_and_train(tmp_path: Path) -> 
         assert r["roundtrip"]
     for got, want in zip(last["losses"], last["eager_losses"], strict=True):
         assert math.isclose(got, want, rel_tol=1e-5), (last["losses"], last["eager_losses"])
+
+
+def scenario_pipeline_tensor_parallel() -> dict[str, Any]:
+    """HybridParallelPlugin(tp_size=2, pp_size=2) at 4 ranks: each stage's layers split over tp."""
+    return _pipeline_tensor_parallel(split_head=False)
+
+
+def scenario_pipeline_tensor_parallel_head() -> dict[str, Any]:
+    """The same with a plan that also splits the head, which only the last stage holds."""
+    return _pipeline_tensor_parallel(split_head=True)
+
+
+def _pipeline_tensor_parallel(split_head: bool) -> dict[str, Any]:
+    from torch.distributed.tensor import Replicate
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+    from transformers import LlamaForCausalLM
+
+    config, ids, built, eager_losses = _pipeline_llama()
+    plan = None
+    if split_head:
+        styles = {"colwise": ColwiseParallel, "rowwise": RowwiseParallel}
+        plan = {f"model.{k}": styles[v]() for k, v in config.base_model_tp_plan.items()}
+        plan["lm_head"] = ColwiseParallel(output_layouts=Replicate())
+    plugin = HybridParallelPlugin(
+        tp_size=2, pp_size=2, precision="fp32", num_microbatches=2, tp_plan=plan
+    )
+    booster, model, state, losses = _boost_and_train_stage(config, ids, plugin)
+    other_plugin = HybridParallelPlugin(tp_size=2, pp_size=2, precision="fp32", tp_plan=plan)
+    roundtrip = _dcp_roundtrip(booster, model, config, other_plugin)
+    with LazyInitContext():
+        too_many = LlamaForCausalLM(config)
+    try:
+        Booster(plugin=HybridParallelPlugin(tp_size=2, pp_size=3)).boost(too_many)
+        not_dividing = "no error"
+    except DormantError as e:
+        not_dividing = str(e)
+    split = sorted(
+        k
+        for k, v in model.state_dict().items()
+        if any(p.is_shard() for p in v.placements) and v.to_local().shape != v.shape
+    )
+    return {
+        "keys": sorted(state),
+        "split": split,
+        "roundtrip": roundtrip,
+        "not_dividing": not_dividing,
+        "not_equal": sorted(k for k in state if not torch.equal(state[k], built[k])),
+        "losses": losses,
+        "eager_losses": eager_losses,
+        "lazy_left": is_lazy(model),
+    }
+
+
+@pytest.mark.parametrize(
+    "scenario", [scenario_pipeline_tensor_parallel, scenario_pipeline_tensor_parallel_head]
+)
+def test_pipeline_stages_with_tensor_parallel_layers_are_exact_and_train(
+    scenario: Callable[[], dict[str, Any]], tmp_path: Path
+) -> None:
+    ranks = run_ranks(scenario, tmp_path, nproc=4)
+    head_split = scenario is scenario_pipeline_tensor_parallel_head
+    # the mesh is (pp, dp, tp) = (2, 1, 2): ranks 0 and 1 hold the first stage, 2 and 3 the last
+    for r, (stage_layers, first) in zip(
+        ranks, [({"0", "1"}, True)] * 2 + [({"2", "3"}, False)] * 2, strict=True
+    ):
+        assert {k.split(".")[2] for k in r["keys"] if ".layers." in k} == stage_layers
+        assert ("model.embed_tokens.weight" in r["keys"]) == first
+        assert ("lm_head.weight" in r["keys"]) != first
+        assert r["not_equal"] == [] and not r["lazy_left"] and r["roundtrip"]
+        # every projection of the stage's layers is split over tp (7 per layer, 2 layers), and
+        # the head where the plan names it and the stage holds it
+        projections = [k for k in r["split"] if "_proj." in k]
+        head = ["lm_head.weight"] if head_split and not first else []
+        assert len(projections) == 14 and r["split"] == sorted(projections + head), r["split"]
+        assert "tp_size=2 x pp_size=3 = 6 does not divide the world size 4" in r["not_dividing"]
+    for r in ranks[:2]:
+        assert r["losses"] == [None, None]
+    for r in ranks[2:]:
+        for got, want in zip(r["losses"], r["eager_losses"], strict=True):
+            assert math.isclose(got, want, rel_tol=1e-5), (r["losses"], r["eager_losses"])

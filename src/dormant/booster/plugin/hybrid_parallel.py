@@ -1,4 +1,5 @@
-"""HybridParallelPlugin: DTensor tensor parallelism on one mesh dimension, FSDP2 on the other."""
+"""HybridParallelPlugin: pipeline stages, DTensor tensor parallelism within each stage, and
+FSDP2 over the remaining data-parallel ranks."""
 
 from __future__ import annotations
 
@@ -50,23 +51,27 @@ _NO_EFFECT_DEFAULTS: dict[str, Any] = {
 
 
 class HybridParallelPlugin(ShardedPlugin):
-    """Tensor parallelism (``parallelize_module``) times data parallelism (FSDP2).
+    """Pipeline stages times tensor parallelism (``parallelize_module``) times data
+    parallelism (FSDP2).
 
-    Ranks form a ``(dp, tp)`` mesh with ``tp = tp_size``. Linear layers are split across the
-    ``tp`` dimension following ``tp_plan`` (or the model family's plan: Llama-family models from
-    their transformers config, BERT and GPT-2 built in), then FSDP2 shards across ``dp``. ZeRO
-    stage 3 reshards parameters after forward; stages 0, 1 and 2 keep them gathered until
-    backward. Arguments follow the API dormant follows (``precision="fp16"`` by default, loss
-    scaling, ``max_norm``). ``pp_size`` > 1 splits a Llama-family decoder into that many stages
-    (each rank keeps and computes only its stage's layers, exactly) and trains it with
+    Ranks form a ``(pp, dp, tp)`` mesh with ``pp = pp_size`` and ``tp = tp_size``. ``pp_size``
+    > 1 splits a Llama-family decoder into that many stages (each rank keeps and computes only
+    its stage's layers, exactly) and trains it with
     :meth:`~dormant.booster.Booster.execute_pipeline` on a GPipe schedule of
-    ``num_microbatches`` (default ``pp_size``); it is not combined with ``tp_size`` > 1 yet.
-    Sequence parallelism, fused kernels and bucket settings have no effect (logged when
-    changed).
+    ``num_microbatches`` (default ``pp_size``) over the ``pp`` dimension. Within a stage,
+    linear layers are split across the ``tp`` dimension following ``tp_plan`` (or the model
+    family's plan: Llama-family models from their transformers config, BERT and GPT-2 built
+    in; a stage applies the entries for the modules it keeps, and with ``pp_size`` > 1 the
+    plan must leave replicated plain tensors between layers, as ``RowwiseParallel`` does by
+    default), then FSDP2 shards across ``dp``. ZeRO stage 3 reshards parameters after forward;
+    stages 0, 1 and 2 keep them gathered until backward. Arguments follow the API dormant
+    follows (``precision="fp16"`` by default, loss scaling, ``max_norm``). Sequence
+    parallelism, fused kernels and bucket settings have no effect (logged when changed).
 
     Example::
 
         >>> plugin = HybridParallelPlugin(tp_size=2, pp_size=1, zero_stage=2)
+        >>> staged = HybridParallelPlugin(tp_size=2, pp_size=2, num_microbatches=4)
         >>> booster = Booster(plugin=plugin)  # doctest: +SKIP
     """
 

@@ -5,6 +5,9 @@ norm and head on the last) and deletes the rest while everything is still lazy, 
 materialization computes the stage's own layers alone, with the values of an eager build of the
 whole model. The stage runs the model's own submodules in their order, as the model's forward
 would; ``torch.distributed.pipelining``'s GPipe schedule moves activations between stages.
+A stage may then be split by tensor parallelism: its activations stay plain tensors as long as
+the plan's layers end replicated (``RowwiseParallel``'s default), so the schedule sends them
+unchanged between the stages' ranks of the same tensor-parallel position.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The sharding sequence every sharded plugin runs, written once: check that ranks agree, split
-with DTensor tensor parallelism, shard with FSDP2 block by block, then fill each rank's shards."""
+"""The sharding sequence every sharded plugin runs, written once: check that ranks agree, keep
+this rank's pipeline stage, split it with DTensor tensor parallelism, shard it with FSDP2 block
+by block, then fill each rank's shards."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from ..._spmd import check_same_program
 from ...errors import DormantError
 from ..precision import Precision
 from .pipeline import split_stage
-from .tp_plans import check_plan_matches, plan_for
+from .tp_plans import check_plan_matches, plan_for, reaching
 
 _log = logging.getLogger("dormant")
 
@@ -41,11 +42,14 @@ def device_type() -> str:
 class Sharding:
     """How a plugin shards: what FSDP2 and DTensor are asked to do.
 
-    ``tp_size`` ranks split each linear layer of ``tp_plan`` (the model family's plan when
-    None); FSDP2 shards over the other ``world / tp_size`` ranks, resharding parameters after
+    ``pp_size`` > 1 keeps one pipeline stage per group of ``world / pp_size`` ranks (see
+    ``pipeline.py``). ``tp_size`` ranks split each linear layer of ``tp_plan`` (the model
+    family's plan when None) that the stage keeps; FSDP2 shards over the other
+    ``world / (pp_size * tp_size)`` ranks, resharding parameters after
     forward when ``reshard_after_forward`` (ZeRO-3) or keeping them until backward (ZeRO-2).
     ``replicate_size`` > 1 shards within groups of ``world / replicate_size`` ranks and
-    replicates across groups (HSDP). ``wrap`` picks extra modules to shard as their own group
+    replicates across groups (HSDP; not with ``tp_size`` or ``pp_size`` > 1). ``wrap`` picks
+    extra modules to shard as their own group
     (an FSDP1 ``auto_wrap_policy``).
     """
 
@@ -85,14 +89,16 @@ def shard(model: nn.Module, sharding: Sharding) -> DeviceMesh | None:
     world = dist.get_world_size()
     tp, replicate, pp = sharding.tp_size, sharding.replicate_size, sharding.pp_size
     if tp < 1 or pp < 1 or world % (tp * replicate * pp):
-        sizes = f"tp_size={tp}" + (f" x pp_size={pp}" if pp > 1 else "")
+        sizes = f"tp_size={tp}" + (f" x pp_size={pp} = {tp * pp}" if pp > 1 else "")
         raise DormantError(
-            f"{sizes} does not divide the world size {world}: choose a divisor of {world}"
+            f"{sizes} does not divide the world size {world}: choose sizes whose product "
+            f"divides {world}"
         )
-    if sum(n > 1 for n in (tp, replicate, pp)) > 1:
+    if replicate > 1 and tp * pp > 1:
         raise DormantError(
-            "combining two of tensor parallelism, pipeline stages and replicated shard groups "
-            "(HSDP) is not supported yet: choose one of tp_size, pp_size, HSDP"
+            "replicated shard groups (HSDP) with tensor parallelism or pipeline stages are not "
+            "supported yet: use HSDP with tp_size=1 and pp_size=1, or tp_size and pp_size "
+            "(FSDP2 then shards over the remaining ranks) without HSDP"
         )
     dp = world // (tp * pp)
     plan = sharding.tp_plan
@@ -103,13 +109,21 @@ def shard(model: nn.Module, sharding: Sharding) -> DeviceMesh | None:
     check_plan_matches(model, plan)
     device = "cpu" if sharding.offload else device_type()
     tp_mesh = pp_mesh = None
-    if pp > 1:  # each rank keeps its stage's layers, then FSDP2 shards them over the stage's dp
-        mesh = init_device_mesh(device_type(), (pp, dp), mesh_dim_names=("pp", "dp"))
-        pp_mesh, dp_mesh = mesh["pp"], mesh["dp"]
-        split_stage(model, pp_mesh.get_local_rank(), pp)
-    elif tp > 1:
-        mesh = init_device_mesh(device_type(), (dp, tp), mesh_dim_names=("dp", "tp"))
-        dp_mesh, tp_mesh = mesh["dp"], mesh["tp"]
+    if pp > 1 or tp > 1:
+        # (pp, dp, tp), without a dimension of size 1 but dp: a stage's ranks are consecutive,
+        # its tp groups innermost. Each rank keeps its stage's layers, tp splits them, then
+        # FSDP2 shards them over the stage's dp
+        dims = [d for d in (("pp", pp), ("dp", dp), ("tp", tp)) if d[1] > 1 or d[0] == "dp"]
+        shape, names = tuple(n for _, n in dims), tuple(name for name, _ in dims)
+        mesh = init_device_mesh(device_type(), shape, mesh_dim_names=names)
+        dp_mesh = mesh["dp"]
+        if tp > 1:
+            tp_mesh = mesh["tp"]
+        if pp > 1:
+            pp_mesh = mesh["pp"]
+            split_stage(model, pp_mesh.get_local_rank(), pp)
+            # checked on the whole model above; a stage splits the planned modules it keeps
+            plan = reaching(model, plan)
     elif replicate > 1:  # HSDP: FSDP2 replicates over the first mesh dim, shards over the second
         shape = (replicate, dp // replicate)
         dp_mesh = init_device_mesh(device_type(), shape, mesh_dim_names=("replicate", "shard"))

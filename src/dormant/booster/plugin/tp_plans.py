@@ -123,6 +123,12 @@ def check_plan_matches(model: nn.Module, plan: dict[str, ParallelStyle]) -> None
         )
 
 
+def reaching(model: nn.Module, plan: dict[str, ParallelStyle]) -> dict[str, ParallelStyle]:
+    """The entries of ``plan`` whose key reaches a module of ``model`` (a pipeline stage keeps
+    the plan's keys for the modules it holds)."""
+    return {key: style for key, style in plan.items() if not key or _matches(model, key.split("."))}
+
+
 def _resolve(model: nn.Module, tokens: list[str]) -> tuple[list[tuple[str, nn.Module]], int]:
     """Match a plan key's path components one at a time, as ``parallelize_module`` does.
 
