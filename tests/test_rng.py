@@ -15,7 +15,9 @@ from helpers import assert_same, build_pair
 from models import PATTERNS, RandomOrder
 from torch import nn
 
-from dormant import LazyInitContext, _draws, _mt19937, materialize
+import dormant._draws as draws
+import dormant._mt19937 as mt19937
+from dormant import LazyInitContext, materialize
 
 # --- the jump ---------------------------------------------------------------------------------
 
@@ -37,27 +39,27 @@ def _drawn(start_draws: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("n", [0, 1, 623, 624, 625, 100_000, 262_144, 1_000_003, 50_000_017])
 def test_advance_equals_real_drawing(already: int, n: int) -> None:
     before, after = _drawn(already, n)
-    assert torch.equal(_mt19937.advance(before, n), after)
+    assert torch.equal(mt19937.advance(before, n), after)
 
 
 def test_advance_composes_for_huge_counts() -> None:
     state = torch.Generator().manual_seed(7).get_state()
     a, b = 10**15 + 3, 2**40 + 123_457
-    once = _mt19937.advance(state, a + b)
-    twice = _mt19937.advance(_mt19937.advance(state, a), b)
+    once = mt19937.advance(state, a + b)
+    twice = mt19937.advance(mt19937.advance(state, a), b)
     assert torch.equal(once, twice)
     with pytest.raises(ValueError, match="cannot move a generator back"):
-        _mt19937.advance(state, -1)
+        mt19937.advance(state, -1)
 
 
 @pytest.mark.parametrize("j", [624, 625, 20_000, 391_001, 1_000_003, 5 * 624 * 1111 + 17])
 def test_block_ahead_equals_the_drawn_block(j: int) -> None:
     # The words j .. j+623 as numpy's C generator draws them, untempered.
-    words, _ = _mt19937.read_state(torch.Generator().manual_seed(11).get_state())
-    bitgen = _mt19937.numpy_generator(words, _mt19937.N)
-    bitgen.random_raw(j - _mt19937.N, output=False)
-    drawn = _mt19937.untemper(bitgen.random_raw(_mt19937.N).astype(np.uint32))
-    assert np.array_equal(_mt19937.block_ahead(words, j), drawn)
+    words, _ = mt19937.read_state(torch.Generator().manual_seed(11).get_state())
+    bitgen = mt19937.numpy_generator(words, mt19937.N)
+    bitgen.random_raw(j - mt19937.N, output=False)
+    drawn = mt19937.untemper(bitgen.random_raw(mt19937.N).astype(np.uint32))
+    assert np.array_equal(mt19937.block_ahead(words, j), drawn)
 
 
 def test_jumps_in_threads_at_once_equal_drawing() -> None:
@@ -66,8 +68,8 @@ def test_jumps_in_threads_at_once_equal_drawing() -> None:
     results: list[bool] = []
 
     def jump() -> None:
-        results.extend(torch.equal(_mt19937.advance(before, 3_000_017), after) for _ in range(5))
-        results.append(torch.equal(_mt19937.advance(before, 1000), _drawn(5, 1000)[1]))
+        results.extend(torch.equal(mt19937.advance(before, 3_000_017), after) for _ in range(5))
+        results.append(torch.equal(mt19937.advance(before, 1000), _drawn(5, 1000)[1]))
 
     threads = [threading.Thread(target=jump) for _ in range(3)]
     for t in threads:
@@ -79,25 +81,25 @@ def test_jumps_in_threads_at_once_equal_drawing() -> None:
 
 def test_temper_is_the_generators_output_transform() -> None:
     # The grouped jump XORs tempered words: tempering is mt19937's, untempering its inverse.
-    words, _ = _mt19937.read_state(torch.Generator().manual_seed(3).get_state())
-    bitgen = _mt19937.numpy_generator(words, _mt19937.N)
-    outputs = bitgen.random_raw(_mt19937.N).astype(np.uint32)  # regenerates once: the next block
+    words, _ = mt19937.read_state(torch.Generator().manual_seed(3).get_state())
+    bitgen = mt19937.numpy_generator(words, mt19937.N)
+    outputs = bitgen.random_raw(mt19937.N).astype(np.uint32)  # regenerates once: the next block
     following = np.asarray(bitgen.state["state"]["key"], np.uint32)
-    assert np.array_equal(_mt19937.temper(following), outputs)
-    assert np.array_equal(_mt19937.untemper(outputs), following)
+    assert np.array_equal(mt19937.temper(following), outputs)
+    assert np.array_equal(mt19937.untemper(outputs), following)
 
 
 def test_advance_keeps_the_cached_normal() -> None:
     g = torch.Generator().manual_seed(0)
     torch.empty(3).normal_(generator=g)  # the small path leaves a cached normal sample
     state = g.get_state()
-    moved = _mt19937.advance(state, 10**6)
+    moved = mt19937.advance(state, 10**6)
     assert torch.equal(moved[5016:], state[5016:])
 
 
 def test_characteristic_polynomial_is_mt19937s() -> None:
     # Berlekamp-Massey on one output bit: the shortest recurrence is the polynomial we embed.
-    bits = (np.random.MT19937(99).random_raw(2 * _mt19937.DEGREE) >> 7) & 1
+    bits = (np.random.MT19937(99).random_raw(2 * mt19937.DEGREE) >> 7) & 1
     c, b, length, m = 1, 1, 0, 1
     window = 0
     for k, s in enumerate(bits.tolist()):
@@ -110,7 +112,7 @@ def test_characteristic_polynomial_is_mt19937s() -> None:
         else:
             m += 1
     exponents = sorted(length - i for i in range(length + 1) if c >> i & 1)
-    assert tuple(exponents) == _mt19937.CHARPOLY
+    assert tuple(exponents) == mt19937.CHARPOLY
 
 
 # --- draw counts --------------------------------------------------------------------------------
@@ -124,13 +126,13 @@ def _count_matches(op, shape: tuple[int, ...], dtype: torch.dtype, run) -> bool 
     g = torch.Generator().manual_seed(5)
     with LazyInitContext():
         t = run(torch.empty(shape, dtype=dtype), g)
-    draws = t._lazy_storage.writers[-1].rng.draws
-    if draws is None:
+    counted = t._lazy_storage.writers[-1].rng.draws
+    if counted is None:
         return None
     eager = torch.Generator().manual_seed(5)
     run(torch.empty(shape, dtype=dtype), eager)
     fresh = torch.Generator().manual_seed(5).get_state()
-    return torch.equal(_mt19937.advance(fresh, draws), eager.get_state())
+    return torch.equal(mt19937.advance(fresh, counted), eager.get_state())
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -176,31 +178,31 @@ def test_wide_random_ranges_count_the_bounds_a_float_dtype_narrows(
 
 
 def test_every_rule_holds_on_this_torch() -> None:
-    rules = [_draws.UNIFORM, _draws.NORMAL, _draws.RANDOM, _draws.RANDOM_RANGE, _draws.RANDPERM]
-    rules += [_draws.BERNOULLI, _draws.BERNOULLI_P, _draws.EXPONENTIAL, _draws.RANDOM_WIDE_RANGE]
+    rules = [draws.UNIFORM, draws.NORMAL, draws.RANDOM, draws.RANDOM_RANGE, draws.RANDPERM]
+    rules += [draws.BERNOULLI, draws.BERNOULLI_P, draws.EXPONENTIAL, draws.RANDOM_WIDE_RANGE]
     for rule in rules:
-        assert _draws.holds(rule, torch.float32), rule
+        assert draws.holds(rule, torch.float32), rule
 
 
 def test_rules_are_checked_on_real_tensors_even_under_a_meta_device() -> None:
     # transformers builds under torch.device("meta"): a probe there would draw nothing.
-    _draws.holds.cache_clear()
+    draws.holds.cache_clear()
     with torch.device("meta"):
-        assert _draws.holds(_draws.NORMAL, torch.float16)
+        assert draws.holds(draws.NORMAL, torch.float16)
 
 
 def test_a_rule_that_does_not_hold_is_not_used() -> None:
-    wrong = _draws.Rule(lambda n, dtype, bound: n + 1, _draws.UNIFORM.probe, {})
-    assert not _draws.holds(wrong, torch.float32)
+    wrong = draws.Rule(lambda n, dtype, bound: n + 1, draws.UNIFORM.probe, {})
+    assert not draws.holds(wrong, torch.float32)
 
 
 def test_trunc_normal_with_unreachable_bounds_costs_one_round() -> None:
     t = torch.empty(64, 64)
     call = {"mean": 0.0, "std": 0.02, "a": -2.0, "b": 2.0}
     cpu = torch.device("cpu")
-    assert _draws.count_library_call("torch.nn.init.trunc_normal_", t, call, cpu) == 64 * 64
+    assert draws.count_library_call("torch.nn.init.trunc_normal_", t, call, cpu) == 64 * 64
     tight = {"mean": 0.0, "std": 1.0, "a": -2.0, "b": 2.0}
-    assert _draws.count_library_call("torch.nn.init.trunc_normal_", t, tight, cpu) is None
+    assert draws.count_library_call("torch.nn.init.trunc_normal_", t, tight, cpu) is None
 
 
 # --- where generators stand after the context -------------------------------------------------
