@@ -4,6 +4,6 @@
 # tools/test.sh) and render one table from docs/zoo/*.json. About 25 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-.venv/bin/python tests/zoo/make_table.py tests/zoo/test_transformers.py tests/zoo/test_diffusers.py
+.venv/bin/python tests/zoo/make_table.py tests/zoo/test_transformers_text.py tests/zoo/test_transformers_media.py tests/zoo/test_diffusers.py
 .venv-zoo/bin/python tests/zoo/make_table.py tests/zoo/test_torchvision.py tests/zoo/test_timm.py \
   tests/zoo/test_torchaudio.py tests/zoo/test_torchrec.py
