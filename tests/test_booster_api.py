@@ -470,3 +470,116 @@ def test_pipeline_stages_with_tensor_parallel_layers_are_exact_and_train(
     for r in ranks[2:]:
         for got, want in zip(r["losses"], r["eager_losses"], strict=True):
             assert math.isclose(got, want, rel_tol=1e-5), (r["losses"], r["eager_losses"])
+
+
+def _boost_stage(config: Any, plugin: HybridParallelPlugin, lr: float) -> tuple[Booster, Any, Any]:
+    """A lazy build of ``config`` and its SGD optimizer, boosted with ``plugin`` (stages)."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(SEED)
+    with LazyInitContext():
+        model = LlamaForCausalLM(config)
+    booster = Booster(plugin=plugin)
+    model, optimizer, *_ = booster.boost(model, torch.optim.SGD(model.parameters(), lr=lr))
+    return booster, model, optimizer
+
+
+CLIP_NORM, CLIP_LR = 0.5, 0.5  # the whole model's gradient norm is about 2: clipping scales it
+
+
+def scenario_pipeline_clipping() -> dict[str, Any]:
+    """pp_size=2 with max_norm: clipping and get_grad_norm see the whole model's gradients."""
+    from transformers import LlamaForCausalLM
+
+    config, ids, *_ = _pipeline_llama()
+    torch.manual_seed(SEED)
+    eager = LlamaForCausalLM(config)
+    eager_opt = torch.optim.SGD(eager.parameters(), lr=CLIP_LR)
+    eager_losses, eager_norms = [], []
+    for _ in range(2):
+        loss = eager(input_ids=ids, labels=ids).loss
+        loss.backward()
+        eager_norms.append(float(nn.utils.clip_grad_norm_(eager.parameters(), CLIP_NORM)))
+        eager_opt.step()
+        eager_opt.zero_grad()
+        eager_losses.append(float(loss))
+    plugin = HybridParallelPlugin(
+        tp_size=1, pp_size=2, precision="fp32", num_microbatches=2, max_norm=CLIP_NORM
+    )
+    booster, model, optimizer = _boost_stage(config, plugin, CLIP_LR)
+    losses, norms, unclipped = [], [], None
+    for _ in range(2):
+        out = booster.execute_pipeline(
+            iter([{"input_ids": ids, "labels": ids}]), model, lambda o, i: o.loss, optimizer
+        )
+        if unclipped is None:  # before any step: the current gradients' norm
+            unclipped = optimizer.get_grad_norm()
+        optimizer.step()
+        norms.append(optimizer.get_grad_norm())  # the norm that clipping saw
+        optimizer.zero_grad()
+        losses.append(None if out["loss"] is None else float(out["loss"]))
+    return {
+        "losses": losses,
+        "norms": norms,
+        "unclipped": unclipped,
+        "eager_losses": eager_losses,
+        "eager_norms": eager_norms,
+    }
+
+
+def test_pipeline_stages_clip_to_the_whole_models_gradient_norm(tmp_path: Path) -> None:
+    first, last = run_ranks(scenario_pipeline_clipping, tmp_path)
+    want = last["eager_norms"]
+    assert want[0] > CLIP_NORM and want[1] > CLIP_NORM  # both steps clip
+    for r in (first, last):
+        assert math.isclose(r["unclipped"], want[0], rel_tol=1e-5), (r["unclipped"], want)
+        for got, norm in zip(r["norms"], want, strict=True):
+            assert math.isclose(got, norm, rel_tol=1e-5), (r["norms"], want)
+    assert first["losses"] == [None, None]
+    for got, loss in zip(last["losses"], last["eager_losses"], strict=True):
+        assert math.isclose(got, loss, rel_tol=1e-5), (last["losses"], last["eager_losses"])
+
+
+# At this loss scale only the first stage's gradients overflow in fp16 (the last stage's from
+# about 2**17.9): each stage alone would skip a different step.
+OVERFLOW_SCALE = 13 * 2.0**14
+
+
+def scenario_pipeline_fp16_overflow() -> dict[str, Any]:
+    """pp_size=2 in fp16 (the default), with a loss scale that overflows at the first step."""
+    config, ids, *_ = _pipeline_llama()
+    plugin = HybridParallelPlugin(
+        tp_size=1, pp_size=2, num_microbatches=2, initial_scale=OVERFLOW_SCALE
+    )
+    booster, model, optimizer = _boost_stage(config, plugin, 0.1)
+    steps = []
+    for _ in range(3):
+        before = {k: v.full_tensor().clone() for k, v in model.state_dict().items()}
+        scale = optimizer.scaler.get_scale()
+        booster.execute_pipeline(
+            iter([{"input_ids": ids, "labels": ids}]), model, lambda o, i: o.loss, optimizer
+        )
+        optimizer.step()
+        optimizer.zero_grad()
+        after = model.state_dict()
+        steps.append(
+            {
+                "backed_off": optimizer.scaler.get_scale() < scale,
+                "scale": optimizer.scaler.get_scale(),
+                "changed": sorted(
+                    k for k in before if not torch.equal(before[k], after[k].full_tensor())
+                ),
+            }
+        )
+    return {"steps": steps}
+
+
+def test_pipeline_stages_in_fp16_skip_the_same_steps(tmp_path: Path) -> None:
+    first, last = run_ranks(scenario_pipeline_fp16_overflow, tmp_path)
+    assert first["steps"][0]["backed_off"] and last["steps"][0]["backed_off"]
+    assert [s["backed_off"] for s in first["steps"]] == [s["backed_off"] for s in last["steps"]]
+    assert [s["scale"] for s in first["steps"]] == [s["scale"] for s in last["steps"]]
+    for r in (first, last):
+        for step in r["steps"]:
+            # a skipped step leaves every parameter as it was; the others train the stage
+            assert (step["changed"] == []) == step["backed_off"], r["steps"]

@@ -7,21 +7,15 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 from torch.distributed.tensor import DTensor
 
 
-def total_norm(grads: Iterable[torch.Tensor], norm_type: float = 2.0) -> torch.Tensor:
-    """The norm of all ``grads`` together, as one unsharded tensor on every rank.
-
-    Gradients sharded by FSDP2 or tensor parallelism are DTensors: their norm is reduced over
-    the mesh they live on, once per distinct (mesh, placements), not once per tensor.
-
-    Example::
-
-        >>> total_norm([torch.ones(3), torch.ones(1)])
-        tensor(2.)
-    """
+def _local_norm(grads: Iterable[torch.Tensor], norm_type: float) -> torch.Tensor | None:
+    """The norm of ``grads`` on this rank's mesh (None without any): DTensor norms are reduced
+    over the mesh they live on, once per distinct (mesh, placements), not once per tensor."""
     groups: dict[Any, list[torch.Tensor]] = {}
     for g in grads:
         key = (g.device_mesh, g.placements) if isinstance(g, DTensor) else None
@@ -31,12 +25,59 @@ def total_norm(grads: Iterable[torch.Tensor], norm_type: float = 2.0) -> torch.T
         norm = torch.nn.utils.get_total_norm(group, norm_type, foreach=False)
         norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)
     if not norms:
-        return torch.tensor(0.0)
+        return None
     device = norms[0].device
     stacked = torch.stack([n.to(device, torch.float32) for n in norms])
     if math.isinf(norm_type):
         return stacked.max()
     return stacked.pow(norm_type).sum().pow(1.0 / norm_type)
+
+
+def total_norm(
+    grads: Iterable[torch.Tensor],
+    norm_type: float = 2.0,
+    group: dist.ProcessGroup | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """The norm of all ``grads`` together, as one unsharded tensor on every rank.
+
+    Gradients sharded by FSDP2 or tensor parallelism are DTensors: their norm is reduced over
+    the mesh they live on, once per distinct (mesh, placements), not once per tensor. With
+    ``group`` (the pipeline stages, each holding only its own layers' gradients), the stages'
+    norms are combined too: every rank of ``group`` must call it, with gradients or without
+    (then its part is zero, on ``device``, where the collective runs).
+
+    Example::
+
+        >>> total_norm([torch.ones(3), torch.ones(1)])
+        tensor(2.)
+    """
+    norm = _local_norm(grads, norm_type)
+    if group is None:
+        return torch.tensor(0.0) if norm is None else norm
+    part = torch.zeros((), device=device) if norm is None else norm.to(device, torch.float32)
+    if math.isinf(norm_type):
+        dist.all_reduce(part, op=dist.ReduceOp.MAX, group=group)
+        return part
+    part = part.pow(norm_type)
+    dist.all_reduce(part, group=group)
+    return part.pow(1.0 / norm_type)
+
+
+def _stage_scaler(
+    scaler: torch.amp.GradScaler, device: str, group: dist.ProcessGroup
+) -> ShardedGradScaler:
+    """A fresh ``scaler`` whose overflow check is all-reduced over ``group`` in ``unscale_``, so
+    that every pipeline stage skips the same steps and keeps the same scale."""
+    return ShardedGradScaler(
+        device,
+        init_scale=scaler.get_scale(),
+        growth_factor=scaler.get_growth_factor(),
+        backoff_factor=scaler.get_backoff_factor(),
+        growth_interval=scaler.get_growth_interval(),
+        enabled=scaler.is_enabled(),
+        process_group=group,
+    )
 
 
 class BoostedOptimizer(torch.optim.Optimizer):
@@ -45,6 +86,10 @@ class BoostedOptimizer(torch.optim.Optimizer):
     It is the user's optimizer (``optim``, also :meth:`unwrap`), with the steps a plugin adds:
     fp16 loss scaling (:meth:`backward` scales, :meth:`step` unscales and skips steps whose
     gradients overflowed) and clipping to the plugin's ``max_norm`` inside :meth:`step`.
+    With ``pipeline_group`` (the pipeline stages of a rank), norms cover every stage's
+    gradients and a ``torch.amp.GradScaler`` becomes a ``ShardedGradScaler`` over the group,
+    so that all stages skip the same overflowed steps: every rank of the group must call
+    :meth:`step`, :meth:`clip_grad_by_norm` and :meth:`get_grad_norm` together.
     Parameter groups, state and hooks are the wrapped optimizer's own, so learning-rate
     schedulers made before or after boosting drive it.
 
@@ -63,12 +108,16 @@ class BoostedOptimizer(torch.optim.Optimizer):
         norm_type: float = 2.0,
         scaler: torch.amp.GradScaler | None = None,
         model: nn.Module | None = None,
+        pipeline_group: dist.ProcessGroup | None = None,
     ) -> None:
         # Not Optimizer.__init__: every piece of optimizer state stays the wrapped one's.
         self.optim = optimizer
         self.model = model  # the boosted model, for optimizer checkpoints
         self.max_norm = max_norm
         self.norm_type = norm_type
+        self.pipeline_group = pipeline_group
+        if pipeline_group is not None and type(scaler) is torch.amp.GradScaler:
+            scaler = _stage_scaler(scaler, self._device().type, pipeline_group)
         self.scaler = scaler
         self._unscaled = False
         self._grad_norm: float | None = None
@@ -105,6 +154,13 @@ class BoostedOptimizer(torch.optim.Optimizer):
     def parameters(self) -> list[torch.Tensor]:
         return [p for group in self.param_groups for p in group["params"]]
 
+    def _device(self) -> torch.device:
+        """Where this rank's parameters live: where its collectives over the stages run."""
+        return next((p.device for p in self.parameters()), torch.device("cpu"))
+
+    def _norm(self, grads: list[torch.Tensor], norm_type: float) -> torch.Tensor:
+        return total_norm(grads, norm_type, self.pipeline_group, self._device())
+
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         """``loss.backward()``, the loss scaled first under fp16."""
         if self.scaler is not None:
@@ -114,6 +170,10 @@ class BoostedOptimizer(torch.optim.Optimizer):
 
     def _unscale(self) -> None:
         if self.scaler is not None and not self._unscaled:
+            if self.pipeline_group is not None:
+                # Only the last stage scales a loss, and scale() is what sets a scaler up (there
+                # is no public call for that alone): the other stages scale nothing instead.
+                self.scaler.scale(torch.zeros((), device=self._device()))
             self.scaler.unscale_(self.optim)
             self._unscaled = True
 
@@ -123,10 +183,18 @@ class BoostedOptimizer(torch.optim.Optimizer):
         if self._grad_norm is not None and norm_type == self.norm_type:
             return self._grad_norm
         grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if not grads:
+        if not self._any_stage(bool(grads)):
             return None
         self._unscale()
-        return float(total_norm(grads, norm_type))
+        return float(self._norm(grads, norm_type))
+
+    def _any_stage(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any pipeline stage (on this rank without stages)."""
+        if self.pipeline_group is None:
+            return flag
+        held = torch.tensor(float(flag), device=self._device())
+        dist.all_reduce(held, op=dist.ReduceOp.MAX, group=self.pipeline_group)
+        return bool(held)
 
     def clip_grad_by_norm(
         self, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False
@@ -135,7 +203,7 @@ class BoostedOptimizer(torch.optim.Optimizer):
         the norm before clipping."""
         self._unscale()
         grads = [p.grad for p in self.parameters() if p.grad is not None]
-        norm = total_norm(grads, norm_type)
+        norm = self._norm(grads, norm_type)
         if error_if_nonfinite and not torch.isfinite(norm):
             raise RuntimeError(
                 f"the total norm of order {norm_type} of the gradients is non-finite, so it "

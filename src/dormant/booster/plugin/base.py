@@ -146,7 +146,12 @@ class Plugin:
             device = next((p.device.type for p in current.values()), "cpu")
             scaler = loss_scale.scaler(device)
         return BoostedOptimizer(
-            optimizer, max_norm=self.max_norm, norm_type=self.norm_type, scaler=scaler, model=model
+            optimizer,
+            max_norm=self.max_norm,
+            norm_type=self.norm_type,
+            scaler=scaler,
+            model=model,
+            pipeline_group=None if self.pp_mesh is None else self.pp_mesh.get_group(),
         )
 
     def prepare_dataloader(
