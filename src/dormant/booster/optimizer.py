@@ -9,7 +9,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 from torch.distributed.tensor import DTensor
 
 
@@ -64,22 +63,6 @@ def total_norm(
     return part.pow(1.0 / norm_type)
 
 
-def _stage_scaler(
-    scaler: torch.amp.GradScaler, device: str, group: dist.ProcessGroup
-) -> ShardedGradScaler:
-    """A fresh ``scaler`` whose overflow check is all-reduced over ``group`` in ``unscale_``, so
-    that every pipeline stage skips the same steps and keeps the same scale."""
-    return ShardedGradScaler(
-        device,
-        init_scale=scaler.get_scale(),
-        growth_factor=scaler.get_growth_factor(),
-        backoff_factor=scaler.get_backoff_factor(),
-        growth_interval=scaler.get_growth_interval(),
-        enabled=scaler.is_enabled(),
-        process_group=group,
-    )
-
-
 class BoostedOptimizer(torch.optim.Optimizer):
     """What :meth:`~dormant.booster.Booster.boost` returns for an optimizer.
 
@@ -87,8 +70,9 @@ class BoostedOptimizer(torch.optim.Optimizer):
     fp16 loss scaling (:meth:`backward` scales, :meth:`step` unscales and skips steps whose
     gradients overflowed) and clipping to the plugin's ``max_norm`` inside :meth:`step`.
     With ``pipeline_group`` (the pipeline stages of a rank), norms cover every stage's
-    gradients and a ``torch.amp.GradScaler`` becomes a ``ShardedGradScaler`` over the group,
-    so that all stages skip the same overflowed steps: every rank of the group must call
+    gradients, and ``scaler`` must be a ``ShardedGradScaler`` over the group (see
+    ``LossScale.scaler``), so that all stages skip the same overflowed steps: every rank of
+    the group must call
     :meth:`step`, :meth:`clip_grad_by_norm` and :meth:`get_grad_norm` together.
     Parameter groups, state and hooks are the wrapped optimizer's own, so learning-rate
     schedulers made before or after boosting drive it.
@@ -116,8 +100,6 @@ class BoostedOptimizer(torch.optim.Optimizer):
         self.max_norm = max_norm
         self.norm_type = norm_type
         self.pipeline_group = pipeline_group
-        if pipeline_group is not None and type(scaler) is torch.amp.GradScaler:
-            scaler = _stage_scaler(scaler, self._device().type, pipeline_group)
         self.scaler = scaler
         self._unscaled = False
         self._grad_norm: float | None = None

@@ -8,6 +8,8 @@ import logging
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
+from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 
 _log = logging.getLogger("dormant")
 
@@ -60,8 +62,10 @@ class LossScale:
     min_scale: float = 1.0
     max_scale: float = 2.0**32
 
-    def scaler(self, device: str) -> torch.amp.GradScaler:
-        """A gradient scaler for ``device`` (``"cpu"`` or ``"cuda"``) with these settings."""
+    def scaler(self, device: str, group: dist.ProcessGroup | None = None) -> torch.amp.GradScaler:
+        """A gradient scaler for ``device`` (``"cpu"`` or ``"cuda"``) with these settings. With
+        ``group`` (pipeline stages, each holding its own layers' gradients) its overflow check
+        is all-reduced over the group, so every stage skips the same steps."""
         ignored = {
             name: getattr(self, name)
             for name, default in (("hysteresis", 2), ("min_scale", 1.0), ("max_scale", 2.0**32))
@@ -72,6 +76,15 @@ class LossScale:
                 "dormant: %s have no effect: torch.amp.GradScaler grows and backs off the loss "
                 "scale without them",
                 ", ".join(f"{k}={v}" for k, v in ignored.items()),
+            )
+        if group is not None:
+            return ShardedGradScaler(
+                device,
+                init_scale=self.initial_scale,
+                growth_factor=self.growth_factor,
+                backoff_factor=self.backoff_factor,
+                growth_interval=self.growth_interval,
+                process_group=group,
             )
         return torch.amp.GradScaler(
             device,

@@ -141,17 +141,18 @@ class Plugin:
             kept = (names.get(id(p)) for p in group["params"])
             group["params"] = [current[n] for n in kept if n in current]
         loss_scale = self.precision.loss_scale
+        stages = None if self.pp_mesh is None else self.pp_mesh.get_group()
         scaler = None
         if loss_scale is not None:
             device = next((p.device.type for p in current.values()), "cpu")
-            scaler = loss_scale.scaler(device)
+            scaler = loss_scale.scaler(device, stages)
         return BoostedOptimizer(
             optimizer,
             max_norm=self.max_norm,
             norm_type=self.norm_type,
             scaler=scaler,
             model=model,
-            pipeline_group=None if self.pp_mesh is None else self.pp_mesh.get_group(),
+            pipeline_group=stages,
         )
 
     def prepare_dataloader(
