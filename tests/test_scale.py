@@ -27,11 +27,12 @@ TESTS = Path(__file__).resolve().parent
 SEED = 2026
 
 
-def llama() -> nn.Module:
+def llama(tied: bool = True) -> nn.Module:
     """A tiny Llama whose larger tensors (embedding, MLP) exceed 2**16 elements, the most that
     sharded placement draws whole and slices, so ranks place the generator for their own rows
     (see [Note: windows]); MLP rows of 1090 elements start off the 16-element blocks of
-    ``normal_``; tied embeddings."""
+    ``normal_``; tied embeddings unless ``tied`` is False (pipeline stages hold the embeddings
+    and the head apart)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -41,7 +42,7 @@ def llama() -> nn.Module:
         num_attention_heads=4,
         num_key_value_heads=2,
         vocab_size=2048,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tied,
         pad_token_id=0,
         bos_token_id=1,
         eos_token_id=2,
@@ -109,6 +110,22 @@ def _user_tp_fsdp(model: nn.Module) -> nn.Module:
     return dormant.materialize(model)
 
 
+def _user_hsdp(model: nn.Module) -> nn.Module:
+    """The user's own HSDP: FSDP2 on a 2-D mesh, replicated over 2 groups, sharded in each."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    import dormant
+
+    shape = (2, dist.get_world_size() // 2)
+    mesh = init_device_mesh("cpu", shape, mesh_dim_names=("replicate", "shard"))
+    for block in model.model.layers:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return dormant.materialize(model)
+
+
 @dataclass(frozen=True)
 class Layout:
     """A way of sharding a lazy model: ``shard(model)`` runs on each rank under an initialized
@@ -117,6 +134,9 @@ class Layout:
     name: str
     shard: Callable[[nn.Module], nn.Module]
     replicated: bool = False  # every rank holds every tensor whole
+    stage: bool = False  # a pipeline stage: the rank holds its stage's tensors only
+    tied: bool = True  # the model's embeddings and head are one tensor
+    halves: bool = False  # FSDP2 shards over half the ranks (HSDP's 2 replicas, 2 stages)
 
 
 # One entry per layout: the Booster's plugins, and the user's own sharding code followed by
@@ -124,10 +144,21 @@ class Layout:
 LAYOUTS = [
     Layout("user_fsdp", _user_fsdp),
     Layout("user_tp_fsdp", _user_tp_fsdp),
+    Layout("user_hsdp", _user_hsdp, halves=True),
     Layout("fsdp", _boost(_plugin("TorchFSDPPlugin"))),
     Layout("zero2", _boost(_plugin("LowLevelZeroPlugin", stage=2))),
     Layout("gemini", _boost(_plugin("GeminiPlugin"))),
     Layout("hybrid_tp2", _boost(_plugin("HybridParallelPlugin", tp_size=2))),
+    Layout(
+        "zero2_hsdp", _boost(_plugin("LowLevelZeroPlugin", stage=2, extra_dp_size=2)), halves=True
+    ),
+    Layout(
+        "hybrid_pp2",
+        _boost(_plugin("HybridParallelPlugin", tp_size=1, pp_size=2)),
+        stage=True,
+        tied=False,
+        halves=True,
+    ),
     Layout("ddp", _boost(_plugin("TorchDDPPlugin")), replicated=True),
 ]
 
@@ -181,26 +212,32 @@ def rank_main(world: int, rank: int, reference_path: str, out_path: str) -> None
 
     torch.set_num_threads(1)
     dist.init_process_group("fake", store=FakeStore(), rank=rank, world_size=world)
-    reference = torch.load(reference_path)
+    references = torch.load(reference_path)
     results: dict[str, Any] = {}
     for layout in LAYOUTS:
         torch.manual_seed(SEED)
         with LazyInitContext():
-            model = llama()
+            model = llama(layout.tied)
         module = layout.shard(model)
+        reference = references[layout.tied]
         results[layout.name] = {"tensors": compare(module, reference), "lazy": is_lazy(module)}
     dist.destroy_process_group()
     Path(out_path).write_text(json.dumps(results))
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch.Tensor]]:
-    """The eager build, once, in this process; saved for the rank subprocesses."""
-    torch.manual_seed(SEED)
-    tensors = eager_tensors(llama())
+def reference(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, dict[bool, dict[str, torch.Tensor]]]:
+    """The eager builds (tied embeddings and not), once, in this process; saved for the rank
+    subprocesses."""
+    references = {}
+    for tied in (True, False):
+        torch.manual_seed(SEED)
+        references[tied] = eager_tensors(llama(tied))
     path = tmp_path_factory.mktemp("scale") / "eager.pt"
-    torch.save(tensors, path)
-    return path, tensors
+    torch.save(references, path)
+    return path, references
 
 
 def run_rank(world: int, rank: int, reference_path: Path, tmp_path: Path) -> dict[str, Any]:
@@ -223,17 +260,23 @@ def run_rank(world: int, rank: int, reference_path: Path, tmp_path: Path) -> dic
 def test_local_shards_equal_eager_rows(
     world: int,
     rank: int,
-    reference: tuple[Path, dict[str, torch.Tensor]],
+    reference: tuple[Path, dict[bool, dict[str, torch.Tensor]]],
     tmp_path: Path,
 ) -> None:
-    path, eager = reference
+    path, references = reference
     results = run_rank(world, rank, path, tmp_path)
     assert sorted(results) == sorted(layout.name for layout in LAYOUTS)
     for layout in LAYOUTS:
+        eager = references[layout.tied]
         found = results[layout.name]
         tensors = {t["name"]: t for t in found["tensors"]}
         assert not found["lazy"], f"{layout.name}: lazy tensors left"
-        assert sorted(tensors) == sorted(eager), f"{layout.name}: other tensors than eager's"
+        if layout.stage:  # its stage's layers, and the embeddings or the head
+            assert set(tensors) < set(eager), f"{layout.name}: other tensors than eager's"
+            ends = {"model.embed_tokens.weight", "lm_head.weight"} & set(tensors)
+            assert len(ends) == 1 and any(".layers." in n for n in tensors), sorted(tensors)
+        else:
+            assert sorted(tensors) == sorted(eager), f"{layout.name}: other tensors than eager's"
         wrong = [n for n, t in tensors.items() if not t["equal"]]
         assert wrong == [], f"{layout.name}, rank {rank} of {world}: not eager's rows: {wrong}"
         for name, t in tensors.items():
@@ -249,8 +292,8 @@ def test_local_shards_equal_eager_rows(
         for t in sharded:
             rows = t["global_shape"][0]
             assert t["local_shape"][0] <= -(-rows // (world // 2)), t
-        if world >= 64 and rank > 0:
-            # Some of this rank's shards are empty (64 rows over 64 or more ranks run out
+        if world >= (128 if layout.halves else 64) and rank > 0:
+            # Some of this rank's shards are empty (64 rows over 64 or more shard ranks run out
             # before it, or before the last rank), others are not: both cases were compared.
             empty = [t["name"] for t in sharded if 0 in t["local_shape"]]
             assert empty and len(empty) < len(sharded), (layout.name, empty)

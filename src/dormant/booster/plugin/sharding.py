@@ -86,49 +86,19 @@ def shard(model: nn.Module, sharding: Sharding) -> DeviceMesh | None:
     Returns the pipeline dimension of the mesh when ``pp_size`` > 1 (each rank then holds only
     its stage, see ``pipeline.py``), else None.
     """
-    world = dist.get_world_size()
-    tp, replicate, pp = sharding.tp_size, sharding.replicate_size, sharding.pp_size
-    if tp < 1 or pp < 1 or world % (tp * replicate * pp):
-        sizes = f"tp_size={tp}" + (f" x pp_size={pp} = {tp * pp}" if pp > 1 else "")
-        raise DormantError(
-            f"{sizes} does not divide the world size {world}: choose sizes whose product "
-            f"divides {world}"
-        )
-    if replicate > 1 and tp * pp > 1:
-        raise DormantError(
-            "replicated shard groups (HSDP) with tensor parallelism or pipeline stages are not "
-            "supported yet: use HSDP with tp_size=1 and pp_size=1, or tp_size and pp_size "
-            "(FSDP2 then shards over the remaining ranks) without HSDP"
-        )
-    dp = world // (tp * pp)
+    _check_sizes(sharding)
     plan = sharding.tp_plan
     if plan is None:  # tp_size=1 splits nothing: any model boosts, with or without a known plan
-        plan = plan_for(model) if tp > 1 else {}
+        plan = plan_for(model) if sharding.tp_size > 1 else {}
     check_same_program(model)
     # after check_same_program: ranks agree on the model, so all raise here or none does
     check_plan_matches(model, plan)
     device = "cpu" if sharding.offload else device_type()
-    tp_mesh = pp_mesh = None
-    if pp > 1 or tp > 1:
-        # (pp, dp, tp), without a dimension of size 1 but dp: a stage's ranks are consecutive,
-        # its tp groups innermost. Each rank keeps its stage's layers, tp splits them, then
-        # FSDP2 shards them over the stage's dp
-        dims = [d for d in (("pp", pp), ("dp", dp), ("tp", tp)) if d[1] > 1 or d[0] == "dp"]
-        shape, names = tuple(n for _, n in dims), tuple(name for name, _ in dims)
-        mesh = init_device_mesh(device_type(), shape, mesh_dim_names=names)
-        dp_mesh = mesh["dp"]
-        if tp > 1:
-            tp_mesh = mesh["tp"]
-        if pp > 1:
-            pp_mesh = mesh["pp"]
-            split_stage(model, pp_mesh.get_local_rank(), pp)
-            # checked on the whole model above; a stage splits the planned modules it keeps
-            plan = reaching(model, plan)
-    elif replicate > 1:  # HSDP: FSDP2 replicates over the first mesh dim, shards over the second
-        shape = (replicate, dp // replicate)
-        dp_mesh = init_device_mesh(device_type(), shape, mesh_dim_names=("replicate", "shard"))
-    else:
-        dp_mesh = init_device_mesh(device_type(), (world,))
+    dp_mesh, tp_mesh, pp_mesh = _meshes(sharding)
+    if pp_mesh is not None:  # each rank keeps its stage's layers, then tp and FSDP2 split them
+        split_stage(model, pp_mesh.get_local_rank(), sharding.pp_size)
+        # checked on the whole model above; a stage splits the planned modules it keeps
+        plan = reaching(model, plan)
     # FSDP2 cannot shard a 0-dim parameter: it stays whole on every rank, its gradient averaged
     scalars = [name for name, p in model.named_parameters() if p.dim() == 0]
     with as_it_was_on_failure(model), sharded_in_place(model, device):
@@ -144,6 +114,46 @@ def shard(model: nn.Module, sharding: Sharding) -> DeviceMesh | None:
     for name in scalars:
         model.get_parameter(name).register_post_accumulate_grad_hook(_averaged_over(dp_mesh))
     return pp_mesh
+
+
+def _check_sizes(sharding: Sharding) -> None:
+    world = dist.get_world_size()
+    tp, replicate, pp = sharding.tp_size, sharding.replicate_size, sharding.pp_size
+    if tp < 1 or pp < 1 or world % (tp * replicate * pp):
+        sizes = f"tp_size={tp}" + (f" x pp_size={pp} = {tp * pp}" if pp > 1 else "")
+        raise DormantError(
+            f"{sizes} does not divide the world size {world}: choose sizes whose product "
+            f"divides {world}"
+        )
+    if replicate > 1 and tp * pp > 1:
+        raise DormantError(
+            "replicated shard groups (HSDP) with tensor parallelism or pipeline stages are not "
+            "supported yet: use HSDP with tp_size=1 and pp_size=1, or tp_size and pp_size "
+            "(FSDP2 then shards over the remaining ranks) without HSDP"
+        )
+
+
+def _meshes(sharding: Sharding) -> tuple[DeviceMesh, DeviceMesh | None, DeviceMesh | None]:
+    """The (dp, tp, pp) meshes: FSDP2's (for HSDP a 2-D one), then tensor parallelism's and the
+    pipeline's when their sizes are above 1."""
+    world = dist.get_world_size()
+    tp, replicate, pp = sharding.tp_size, sharding.replicate_size, sharding.pp_size
+    dp = world // (tp * pp)
+    if pp > 1 or tp > 1:
+        # (pp, dp, tp), without a dimension of size 1 but dp: a stage's ranks are consecutive,
+        # its tp groups innermost
+        dims = [d for d in (("pp", pp), ("dp", dp), ("tp", tp)) if d[1] > 1 or d[0] == "dp"]
+        shape, names = tuple(n for _, n in dims), tuple(name for name, _ in dims)
+        mesh = init_device_mesh(device_type(), shape, mesh_dim_names=names)
+        return mesh["dp"], mesh["tp"] if tp > 1 else None, mesh["pp"] if pp > 1 else None
+    if replicate > 1:  # HSDP: FSDP2 replicates over the first mesh dim, shards over the second
+        shape = (replicate, dp // replicate)
+        return (
+            init_device_mesh(device_type(), shape, mesh_dim_names=("replicate", "shard")),
+            None,
+            None,
+        )
+    return init_device_mesh(device_type(), (world,)), None, None
 
 
 def _averaged_over(mesh: DeviceMesh) -> Callable[[torch.Tensor], None]:
