@@ -487,7 +487,7 @@ def _boost_stage(config: Any, plugin: HybridParallelPlugin, lr: float) -> tuple[
 CLIP_NORM, CLIP_LR = 0.5, 0.5  # the whole model's gradient norm is about 2: clipping scales it
 
 
-def scenario_pipeline_clipping() -> dict[str, Any]:
+def scenario_pipeline_clipping(tp_size: int = 1) -> dict[str, Any]:
     """pp_size=2 with max_norm: clipping and get_grad_norm see the whole model's gradients."""
     from transformers import LlamaForCausalLM
 
@@ -504,7 +504,7 @@ def scenario_pipeline_clipping() -> dict[str, Any]:
         eager_opt.zero_grad()
         eager_losses.append(float(loss))
     plugin = HybridParallelPlugin(
-        tp_size=1, pp_size=2, precision="fp32", num_microbatches=2, max_norm=CLIP_NORM
+        tp_size=tp_size, pp_size=2, precision="fp32", num_microbatches=2, max_norm=CLIP_NORM
     )
     booster, model, optimizer = _boost_stage(config, plugin, CLIP_LR)
     losses, norms, unclipped = [], [], None
@@ -527,17 +527,31 @@ def scenario_pipeline_clipping() -> dict[str, Any]:
     }
 
 
-def test_pipeline_stages_clip_to_the_whole_models_gradient_norm(tmp_path: Path) -> None:
-    first, last = run_ranks(scenario_pipeline_clipping, tmp_path)
-    want = last["eager_norms"]
+def scenario_pipeline_tensor_parallel_clipping() -> dict[str, Any]:
+    return scenario_pipeline_clipping(tp_size=2)
+
+
+@pytest.mark.parametrize(
+    ("scenario", "nproc"),
+    [(scenario_pipeline_clipping, 2), (scenario_pipeline_tensor_parallel_clipping, 4)],
+    ids=["pp2", "pp2xtp2"],
+)
+def test_pipeline_stages_clip_to_the_whole_models_gradient_norm(
+    scenario: Callable[[], dict[str, Any]], nproc: int, tmp_path: Path
+) -> None:
+    ranks = run_ranks(scenario, tmp_path, nproc=nproc)
+    half = nproc // 2  # the first stage's ranks, then the last stage's
+    want = ranks[-1]["eager_norms"]
     assert want[0] > CLIP_NORM and want[1] > CLIP_NORM  # both steps clip
-    for r in (first, last):
+    for r in ranks:
         assert math.isclose(r["unclipped"], want[0], rel_tol=1e-5), (r["unclipped"], want)
         for got, norm in zip(r["norms"], want, strict=True):
             assert math.isclose(got, norm, rel_tol=1e-5), (r["norms"], want)
-    assert first["losses"] == [None, None]
-    for got, loss in zip(last["losses"], last["eager_losses"], strict=True):
-        assert math.isclose(got, loss, rel_tol=1e-5), (last["losses"], last["eager_losses"])
+    for r in ranks[:half]:
+        assert r["losses"] == [None, None]
+    for r in ranks[half:]:
+        for got, loss in zip(r["losses"], r["eager_losses"], strict=True):
+            assert math.isclose(got, loss, rel_tol=1e-5), (r["losses"], r["eager_losses"])
 
 
 # At this loss scale only the first stage's gradients overflow in fp16 (the last stage's from
