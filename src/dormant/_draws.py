@@ -222,14 +222,22 @@ def count_library_call(
         return None
     if name == "torch.nn.init.orthogonal_":
         return _normal(n, dtype, {})  # one normal_ on a fresh (rows, cols) tensor, then QR
-    if name == "torch.nn.init.trunc_normal_":
-        mean, std, a, b = (float(call[k]) for k in ("mean", "std", "a", "b"))
-        if not (std > 0 and math.isfinite(mean)):
-            return None
-        # One round of normal_ when no sample can fall outside [a, b]; otherwise the number of
-        # rounds depends on the values.
-        if a <= mean - _NORMAL_REACH * std and b >= mean + _NORMAL_REACH * std:
-            return _normal(n, dtype, {})
+    if plain_normal(name, call) is not None:
+        return _normal(n, dtype, {})
+    return None
+
+
+def plain_normal(name: str, call: dict[str, Any]) -> tuple[float, float] | None:
+    """``(mean, std)`` when a recorded ``trunc_normal_`` call is exactly ``normal_(mean, std)``:
+    one round, since no sample can fall outside ``[a, b]``. Otherwise (another call, or bounds
+    normal_ can reach) None: the number of rounds depends on the values."""
+    if name != "torch.nn.init.trunc_normal_":
+        return None
+    mean, std, a, b = (float(call[k]) for k in ("mean", "std", "a", "b"))
+    if not (std > 0 and math.isfinite(mean)):
+        return None
+    if a <= mean - _NORMAL_REACH * std and b >= mean + _NORMAL_REACH * std:
+        return mean, std
     return None
 
 

@@ -35,6 +35,7 @@ import torch
 from torch.utils._pytree import tree_unflatten
 
 from . import _mt19937, _rng
+from ._draws import plain_normal
 from ._graph import Constant, LazyStorage, Node, TensorRef
 from ._lanes import with_generator
 from ._plan import write_of
@@ -80,8 +81,7 @@ _ELEMENTWISE = {
 }
 # Library calls recorded whole whose values do not depend on the tensor's shape: a small one is
 # run whole on a flat tensor, like a random op.
-_TRUNC_NORMAL = "torch.nn.init.trunc_normal_"
-_FLAT_LIBRARY_CALLS = {_TRUNC_NORMAL}
+_FLAT_LIBRARY_CALLS = {"torch.nn.init.trunc_normal_"}
 # A random op over this many elements or fewer is run whole and sliced: cheaper than a jump.
 _SMALL = 1 << 16
 
@@ -387,14 +387,12 @@ def _fill(
     if written is None or reads_other or overload is None:
         raise Unsliceable(f"{node.label}: no window rule for this random op")
     call = node.library
-    if call is not None and call.name == _TRUNC_NORMAL and node.random_step.draws is not None:
-        # A known count means bounds past normal_'s reach (``_draws.count_library_call``): one
-        # round of normal_ that rejects nothing, so any window is normal_'s.
-        def normal(t: torch.Tensor, g: torch.Generator) -> object:
-            _, kwargs = arguments(node, written, t, 0, t.numel(), t.numel())
-            return t.normal_(kwargs["mean"], kwargs["std"], generator=g)
-
-        return normal, aten.normal_.default
+    if call is not None and node.random_step.draws is not None:
+        _, call_kwargs = tree_unflatten(node.flat_args, node.spec)
+        plain = plain_normal(call.name, call_kwargs)
+        if plain is not None:  # one round of normal_ that rejects nothing: any window is normal_'s
+            mean, std = plain
+            return (lambda t, g: t.normal_(mean, std, generator=g)), aten.normal_.default
 
     def fill(t: torch.Tensor, g: torch.Generator) -> object:
         args, kwargs = arguments(node, written, t, 0, t.numel(), t.numel())
