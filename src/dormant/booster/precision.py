@@ -4,6 +4,7 @@ scaler."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -77,16 +78,12 @@ class LossScale:
                 "scale without them",
                 ", ".join(f"{k}={v}" for k, v in ignored.items()),
             )
-        if group is not None:
-            return ShardedGradScaler(
-                device,
-                init_scale=self.initial_scale,
-                growth_factor=self.growth_factor,
-                backoff_factor=self.backoff_factor,
-                growth_interval=self.growth_interval,
-                process_group=group,
-            )
-        return torch.amp.GradScaler(
+        make = (
+            torch.amp.GradScaler
+            if group is None
+            else functools.partial(ShardedGradScaler, process_group=group)
+        )
+        return make(
             device,
             init_scale=self.initial_scale,
             growth_factor=self.growth_factor,
