@@ -56,6 +56,16 @@ def no_effect(plugin: str, given: dict[str, Any], defaults: dict[str, Any], why:
         )
 
 
+def refuse_fp8(plugin: str, use_fp8: bool, fp8_communication: bool) -> None:
+    """Raise if fp8 compute or communication is asked for: PyTorch's engines here compute and
+    communicate in the precision given."""
+    if use_fp8 or fp8_communication:
+        raise DormantError(
+            f"{plugin}(use_fp8=..., fp8_communication=...) is not supported: FSDP2 computes and "
+            "communicates in the precision given: leave them False"
+        )
+
+
 class Plugin:
     """Base class of the plugins: a configuration, and the engine calls it makes.
 

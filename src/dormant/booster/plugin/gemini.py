@@ -8,7 +8,7 @@ import torch
 
 from ...errors import DormantError
 from ..precision import LossScale
-from .base import no_effect
+from .base import no_effect, refuse_fp8
 from .sharding import Sharding
 from .torch_fsdp import ShardedPlugin
 
@@ -95,11 +95,7 @@ class GeminiPlugin(ShardedPlugin):
                 "LowLevelZeroPlugin(extra_dp_size=...) / TorchFSDPPlugin(sharding_strategy="
                 "HYBRID_SHARD) for replicated shard groups"
             )
-        if use_fp8 or fp8_communication:
-            raise DormantError(
-                "GeminiPlugin(use_fp8=..., fp8_communication=...) is not supported: FSDP2 "
-                "computes and communicates in the precision given: leave them False"
-            )
+        refuse_fp8("GeminiPlugin", use_fp8, fp8_communication)
         no_effect(
             "GeminiPlugin",
             kwargs,

@@ -12,7 +12,7 @@ from torch.distributed.tensor.parallel import ParallelStyle
 
 from ...errors import DormantError
 from ..precision import LossScale
-from .base import no_effect
+from .base import no_effect, refuse_fp8
 from .pipeline import PipelineRunner
 from .sharding import Sharding
 from .torch_fsdp import ShardedPlugin
@@ -106,11 +106,8 @@ class HybridParallelPlugin(ShardedPlugin):
                 "HybridParallelPlugin(microbatch_size=...): pass num_microbatches instead (the "
                 "batch is split into that many microbatches)"
             )
-        if kwargs.get("use_fp8") or kwargs.get("fp8_communication"):
-            raise DormantError(
-                "HybridParallelPlugin(use_fp8=..., fp8_communication=...) is not supported: "
-                "leave them False"
-            )
+        fp8 = kwargs.get("use_fp8", False), kwargs.get("fp8_communication", False)
+        refuse_fp8("HybridParallelPlugin", *fp8)
         no_effect(
             "HybridParallelPlugin",
             kwargs,

@@ -7,9 +7,8 @@ from typing import Any
 
 import torch
 
-from ...errors import DormantError
 from ..precision import LossScale
-from .base import no_effect
+from .base import no_effect, refuse_fp8
 from .sharding import Sharding
 from .torch_fsdp import ShardedPlugin
 
@@ -64,11 +63,7 @@ class LowLevelZeroPlugin(ShardedPlugin):
     ) -> None:
         if stage not in (1, 2):
             raise ValueError(f"LowLevelZeroPlugin(stage=...) must be 1 or 2, got {stage}")
-        if use_fp8 or fp8_communication:
-            raise DormantError(
-                "LowLevelZeroPlugin(use_fp8=..., fp8_communication=...) is not supported: "
-                "FSDP2 computes and communicates in the precision given: leave them False"
-            )
+        refuse_fp8("LowLevelZeroPlugin", use_fp8, fp8_communication)
         given: dict[str, Any] = {
             "reduce_bucket_size_in_m": reduce_bucket_size_in_m,
             "overlap_communication": overlap_communication,
