@@ -8,6 +8,7 @@ Imported by ``test_booster_ranks.py``, ``test_booster_shards.py`` and ``test_use
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -115,6 +116,28 @@ def build(ctor: Callable[[], nn.Module], how: str) -> nn.Module:
         model = ctor()
     dormant.materialize(next(iter(m for m in model.modules() if isinstance(m, nn.ModuleList)))[0])
     return model
+
+
+def memory_llama() -> nn.Module:
+    """A 400 MB Llama (in the caller's context: lazily under ``LazyInitContext``) for per-rank
+    memory measurements."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        hidden_size=768,
+        intermediate_size=2048,
+        num_hidden_layers=8,
+        num_attention_heads=12,
+        vocab_size=32000,
+        tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config)
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (``/proc/self/statm``)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def wide_llama(dtype: torch.dtype = torch.float32) -> nn.Module:

@@ -15,7 +15,16 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
-from booster_cases import PLUGINS, SEED, build, full_state, llama, wide_llama
+from booster_cases import (
+    PLUGINS,
+    SEED,
+    build,
+    full_state,
+    llama,
+    memory_llama,
+    resident_bytes,
+    wide_llama,
+)
 from helpers import run_ranks
 from torch import nn
 
@@ -101,26 +110,15 @@ def test_shard_only_boost_is_exact_at_four_ranks(
 def scenario_shard_memory() -> dict[str, Any]:
     """Per-rank peak memory of boosting a 400 MB lazy Llama with FSDP2, default allocator."""
 
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from dormant.cli import peak_rss  # VmHWM: not the parent's peak
 
-    config = LlamaConfig(
-        hidden_size=768,
-        intermediate_size=2048,
-        num_hidden_layers=8,
-        num_attention_heads=12,
-        vocab_size=32000,
-        tie_word_embeddings=False,
-    )
     warm, *_ = Booster(plugin=TorchFSDPPlugin()).boost(build(llama, "lazy"))  # code paths loaded
     del warm
     # (the peak only grows: the growth from here is the boost's, if nothing before was higher)
     before = peak_rss()
-    with open("/proc/self/statm") as f:
-        now = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    now = resident_bytes()
     with LazyInitContext():
-        model = LlamaForCausalLM(config)
+        model = memory_llama()
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
     model, *_ = Booster(plugin=TorchFSDPPlugin()).boost(model)
     peak = peak_rss()

@@ -15,7 +15,6 @@ it found; the tests right after it launch it and check the findings.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
-from booster_cases import wide_llama
+from booster_cases import memory_llama, resident_bytes, wide_llama
 from helpers import run_ranks
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -371,7 +370,6 @@ def test_accelerate_fsdp2_preparation_then_materialize_is_exact(tmp_path: Path) 
 def scenario_memory_and_uneven() -> dict[str, Any]:
     """Per-rank peak memory of fully_shard + materialize on a 400 MB lazy Llama (default
     allocator), then uneven shards of a wide Llama under FSDP2 and TP x FSDP2."""
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from dormant.cli import peak_rss  # VmHWM: not the parent's peak
 
@@ -382,18 +380,9 @@ def scenario_memory_and_uneven() -> dict[str, Any]:
     dormant.materialize(warm)
     del warm
     before = peak_rss()
-    with open("/proc/self/statm") as f:
-        now = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    config = LlamaConfig(
-        hidden_size=768,
-        intermediate_size=2048,
-        num_hidden_layers=8,
-        num_attention_heads=12,
-        vocab_size=32000,
-        tie_word_embeddings=False,
-    )
+    now = resident_bytes()
     with LazyInitContext():
-        model = LlamaForCausalLM(config)
+        model = memory_llama()
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
     parallelize_llama(model, mesh, tp=False, dp=True)
     report = dormant.materialize(model, report=True)
