@@ -27,8 +27,6 @@ from dormant.booster.plugin import (
 )
 from dormant.errors import DormantError
 
-pytest.importorskip("transformers")
-
 
 def one_rank_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """torchrun's environment for one rank (launch() would leave it set for later tests)."""

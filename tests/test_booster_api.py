@@ -32,7 +32,6 @@ from dormant.booster.plugin import (
 )
 from dormant.errors import DormantError
 
-pytest.importorskip("transformers")
 SEED = 2024
 
 # The plugin arguments of the peer's own plugin tests, spelled as there.

@@ -27,8 +27,6 @@ from dormant.booster.plugin import (
     TorchFSDPPlugin,
 )
 
-pytest.importorskip("transformers")
-pytest.importorskip("diffusers")
 SEED = 4321
 
 PLUGINS: dict[str, Callable[[], Any]] = {

@@ -30,8 +30,6 @@ from dormant.booster.plugin import (
 )
 from dormant.errors import DormantError
 
-pytest.importorskip("transformers")
-
 
 def scenario_plugins() -> dict[str, Any]:
     results: dict[str, Any] = {}

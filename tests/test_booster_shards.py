@@ -37,8 +37,6 @@ from dormant.booster.plugin import (
 )
 from dormant.errors import DormantError
 
-pytest.importorskip("transformers")
-
 
 class Orthogonal(nn.Module):
     def __init__(self) -> None:

@@ -14,8 +14,6 @@ import pytest
 import dormant
 from dormant.cli import main
 
-pytest.importorskip("transformers")
-
 
 def dormant_cli(*args: str) -> str:
     return subprocess.run(

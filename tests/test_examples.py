@@ -20,7 +20,6 @@ import pytest
 
 import dormant
 
-pytest.importorskip("transformers")
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 README = ROOT / "README.md"

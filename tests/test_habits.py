@@ -370,7 +370,8 @@ def test_a_model_built_under_another_default_dtype_keeps_it() -> None:
 def test_accelerate_init_empty_weights_around_the_context_is_a_clear_error(
     include_buffers: bool,
 ) -> None:
-    accelerate = pytest.importorskip("accelerate")
+    import accelerate
+
     torch.manual_seed(0)
     with (
         accelerate.init_empty_weights(include_buffers=include_buffers),

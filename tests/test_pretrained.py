@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from helpers import assert_same, rng_unchanged
 
 from dormant import LazyInitContext, MaterializationError, is_lazy, materialize
-
-transformers = pytest.importorskip("transformers")
 
 
 def llama_config(**kwargs: object) -> object:
@@ -86,7 +85,8 @@ def test_only_keys_the_checkpoint_lacks_are_randomly_initialised(
 
 
 def test_diffusers_from_pretrained_is_lazy_and_equals_the_library(tmp_path: Path) -> None:
-    diffusers = pytest.importorskip("diffusers")
+    import diffusers
+
     torch.manual_seed(0)
     diffusers.UNet2DModel(
         sample_size=8, block_out_channels=(8, 16), norm_num_groups=4, layers_per_block=1,

@@ -22,7 +22,6 @@ import pytest
 import torch
 from torch import nn
 
-pytest.importorskip("transformers")
 TESTS = Path(__file__).resolve().parent
 SEED = 2026
 

@@ -44,7 +44,6 @@ from torch.distributed.tensor.parallel import (
 import dormant
 from dormant import LazyInitContext, is_lazy
 
-pytest.importorskip("transformers")
 SEED = 1234  # every rank's seed (the runner calls dormant.launch(seed=SEED))
 
 
@@ -360,7 +359,6 @@ def scenario_accelerate() -> dict[str, Any]:
 
 
 def test_accelerate_fsdp2_preparation_then_materialize_is_exact(tmp_path: Path) -> None:
-    pytest.importorskip("accelerate")
     for found in run_ranks(scenario_accelerate, tmp_path):
         assert found["lazy_before"] and not found["lazy_after"]
         assert found["not_equal"] == [] and found["whole"] == []
